@@ -1,0 +1,147 @@
+"""One experiment YAML drives every stage.
+
+    cfg = load("configs/demo.yaml", ["dataset.seed=3"])
+    cfg["dataset"]["seed"], cfg["experiment"]
+
+Defaults live in defaults.yaml beside this file. Everything is validated before any work starts:
+an unknown section or key, a value of the wrong type, or one outside its choices or range is a
+UserError naming the key and what is allowed.
+"""
+import difflib
+import re
+from pathlib import Path
+
+import yaml
+
+from .log import UserError
+
+DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
+
+# Keys whose values come from a fixed set. A list-valued key takes any subset.
+CHOICES = {
+    "dataset.positives": ["pedestrian", "rider", "sitting", "other", "group"],
+    "dataset.link": ["auto", "hardlink", "symlink", "copy"],
+}
+# Numeric ranges: (low, high, high_inclusive).
+RANGES = {
+    "dataset.selection_fraction": (0.0, 1.0, False),
+    "dataset.seed": (0, 2**32 - 1, True),
+    "dataset.calib_images": (0, 100_000, True),
+}
+NAME_KEYS = {"dataset.name"}  # become folder names
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def defaults() -> dict:
+    return yaml.safe_load(DEFAULTS_FILE.read_text())
+
+
+def load(config_path, overrides=()) -> dict:
+    """Defaults <- experiment YAML <- `section.key=value` overrides, validated; adds `experiment`."""
+    path = Path(config_path)
+    if not path.is_file():
+        known = sorted(p.stem for p in Path("configs").glob("*.yaml"))
+        raise UserError(f"config file {path} not found; use configs/<exp>.yaml (EXP=<exp> in Make), "
+                        f"known experiments: {', '.join(known) or 'none'}")
+    try:
+        exp = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); fix the file")
+    if not isinstance(exp, dict):
+        raise UserError(f"{path} must be a mapping of sections (dataset, train, ...); fix the file")
+
+    cfg = defaults()
+    for section, values in exp.items():
+        _check_section(section, cfg, where=str(path))
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: section '{section}' must be a mapping of key: value")
+        for key, value in values.items():
+            cfg[section][key] = _checked(cfg, section, key, value, where=str(path))
+
+    for item in overrides:
+        section, key, value = _parse_override(item)
+        _check_section(section, cfg, where="override")
+        cfg[section][key] = _checked(cfg, section, key, value, where="override")
+
+    cfg["experiment"] = path.stem
+    return cfg
+
+
+def _parse_override(item: str):
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+        raise UserError(f"override '{item}' must look like section.key=value (e.g. dataset.seed=1)")
+    dotted, raw = item.split("=", 1)
+    section, key = dotted.split(".", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return section, key, value
+
+
+def _check_section(section, cfg, where):
+    if section not in cfg or section == "experiment":
+        allowed = [s for s in cfg if s != "experiment"]
+        raise UserError(f"{where}: unknown section '{section}'{_did_you_mean(section, allowed)}; "
+                        f"sections are: {', '.join(allowed)}")
+
+
+def _checked(cfg, section, key, value, where):
+    dotted = f"{section}.{key}"
+    base = defaults()[section]
+    if key not in base:
+        allowed = list(base) or ["(none yet)"]
+        raise UserError(f"{where}: unknown key {dotted}{_did_you_mean(key, list(base))}; "
+                        f"{section} keys are: {', '.join(allowed)}")
+    default = base[key]
+    value = _coerce(dotted, value, default)
+    if dotted in CHOICES:
+        allowed = CHOICES[dotted]
+        bad = [v for v in (value if isinstance(value, list) else [value]) if v not in allowed]
+        if bad or value == []:
+            raise UserError(f"{where}: {dotted}={_show(value)} is not allowed; "
+                            f"choose {'one or more' if isinstance(value, list) else 'one'} of: {', '.join(allowed)}")
+    if dotted in RANGES:
+        lo, hi, hi_incl = RANGES[dotted]
+        if not (lo <= value <= hi if hi_incl else lo <= value < hi):
+            raise UserError(f"{where}: {dotted}={value} is out of range; allowed: "
+                            f"{lo} <= value {'<=' if hi_incl else '<'} {hi}")
+    if dotted in NAME_KEYS and not NAME_RE.match(str(value)):
+        raise UserError(f"{where}: {dotted}={_show(value)} must be a plain folder name "
+                        f"(letters, digits, '_', '-', '.')")
+    return value
+
+
+def _coerce(dotted, value, default):
+    """Accept a value of the default's type; ints pass for floats, a scalar passes for a one-item list."""
+    want = type(default)
+    if default is None:
+        return value
+    if want is bool:
+        ok = isinstance(value, bool)
+    elif want is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif want is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif want is list:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        ok = isinstance(value, list)
+    else:
+        ok = isinstance(value, want)
+    if not ok:
+        raise UserError(f"{dotted}={_show(value)} has the wrong type; expected {want.__name__} "
+                        f"(default: {_show(default)})")
+    return value
+
+
+def _show(v):
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _did_you_mean(word, options):
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

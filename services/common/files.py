@@ -1,0 +1,96 @@
+"""Atomic writes, moving aside instead of deleting, and checksums that are not recomputed for nothing."""
+import hashlib
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write beside the target and rename: readers see the old file or the new one, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def move_aside(path: Path) -> Path:
+    """Rename `path` to `<name>.old-<UTC time>` beside it. Nothing a run produced is deleted."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.old-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.old-{stamp}-{n}")
+    os.replace(path, target)
+    return target
+
+
+class Build:
+    def __init__(self, path: Path):
+        self.path = path
+        self.moved_aside: Path | None = None  # where an older `final` went, if there was one
+
+
+@contextmanager
+def build_dir(final: Path):
+    """Yield a Build whose .path is a temporary folder beside `final`; on success move any old `final`
+    aside and rename the new one into place.
+
+    On failure the temporary folder is removed (it is ours alone), so nothing half-built is ever left
+    where a later stage would read it.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    build = Build(final.with_name(f".{final.name}.tmp-{os.getpid()}"))
+    shutil.rmtree(build.path, ignore_errors=True)
+    build.path.mkdir()
+    try:
+        yield build
+    except BaseException:
+        shutil.rmtree(build.path, ignore_errors=True)
+        raise
+    if final.exists():
+        build.moved_aside = move_aside(final)
+    os.replace(build.path, final)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_cached(path: Path, cache_file: Path) -> str:
+    """sha256 of a big download (the 11 GB Cityscapes zip), recomputed only when its size or mtime change."""
+    path = Path(path)
+    st = path.stat()
+    key = str(path.resolve())
+    cache = read_json(cache_file) or {}
+    hit = cache.get(key)
+    if hit and hit["size"] == st.st_size and hit["mtime_ns"] == st.st_mtime_ns:
+        return hit["sha256"]
+    digest = sha256_file(path)
+    cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+    atomic_write_json(cache_file, cache)
+    return digest

@@ -1,0 +1,382 @@
+"""CityPersons -> YOLO.
+
+Input, under datasets/<name>/raw/ (never modified; a zip is extracted beside itself once):
+    leftImg8bit/{train,val}/<city>/*.png   or   leftImg8bit_trainvaltest.zip
+    anno_train.mat, anno_val.mat
+Output, under datasets/<name>/yolo/ (built in a temporary folder and renamed into place):
+    {train,selection,val}/{images,labels}/, <name>.yaml (for ultralytics), val_gt.json (official
+    miss-rate ground truth), val_coco.json (for pycocotools), calib.txt, manifest.json
+
+The .mat format and its pitfalls are described in ../shared/data/citypersons/README.md: bbs rows are
+[class, x1, y1, w, h, instance_id, x1_vis, y1_vis, w_vis, h_vis], class 0 ignore region,
+1 pedestrian, 2 rider, 3 sitting person, 4 other person, 5 group of people.
+"""
+import os
+import random
+import shutil
+import struct
+import time
+import zipfile
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+from tqdm import tqdm
+
+from services.common import files, manifest, paths
+from services.common.log import UserError, info, table, warn
+
+STAGE = "dataset"
+# Bump when the output format or the label rules change: older outputs are then rebuilt.
+CONVERTER_VERSION = 1
+MAT_CLASSES = {0: "ignore", 1: "pedestrian", 2: "rider", 3: "sitting", 4: "other", 5: "group"}
+CLASS_ID = {name: cid for cid, name in MAT_CLASSES.items()}
+SPLITS = ("train", "val")
+WHERE_MAT = "download it from https://github.com/cvgroup-njust/CityPersons (annotations/{file})"
+WHERE_IMAGES = ("download leftImg8bit_trainvaltest.zip from https://www.cityscapes-dataset.com/downloads/ "
+                "(free account needed)")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------- inputs
+def read_mat(path: Path, split: str) -> list[dict]:
+    """The records of anno_<split>.mat as plain dicts with bbs as an int64 (n, 10) array."""
+    key = f"anno_{split}_aligned"
+    try:
+        mat = scipy.io.loadmat(path)
+    except Exception as e:  # scipy raises several types for a file that is not a .mat
+        raise UserError(f"{path} is not a readable .mat file ({e}); {WHERE_MAT.format(file=path.name)}")
+    if key not in mat:
+        found = [k for k in mat if not k.startswith("__")]
+        raise UserError(f"{path} has no '{key}' (it has: {', '.join(found) or 'nothing'}); is it the "
+                        f"CityPersons {split} annotation file? {WHERE_MAT.format(file=path.name)}")
+    records = []
+    for cell in mat[key].ravel():
+        s = cell[0, 0]
+        # bbs dtype varies per image (uint8/int16/uint16): cast before any arithmetic, uint8 overflows
+        # on x1 + w. Images with one box can come back 1-D, images with none as (0, 10).
+        bbs = np.asarray(s["bbs"]).astype(np.int64).reshape(-1, 10)
+        records.append({"split": split, "city": str(s["cityname"][0]), "name": str(s["im_name"][0]),
+                        "bbs": bbs})
+    return records
+
+
+def png_size(path: Path):
+    """(width, height) from the PNG header, or None if the file is not a whole PNG.
+
+    Reads 33 bytes at the start and 12 at the end (the IEND chunk), so a truncated download is caught
+    without decoding 3475 images of 2 MB each.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(33)
+            if len(head) < 33 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+                return None
+            f.seek(-12, os.SEEK_END)
+            if f.read(12)[4:8] != b"IEND":
+                return None
+    except OSError:
+        return None
+    w, h = struct.unpack(">II", head[16:24])
+    return (w, h) if w > 0 and h > 0 else None
+
+
+def find_images(raw: Path, root: Path) -> Path:
+    """The leftImg8bit folder, extracting train and val from the Cityscapes zip the first time."""
+    folder, zip_path = raw / "leftImg8bit", raw / "leftImg8bit_trainvaltest.zip"
+    if folder.is_dir():
+        return folder
+    if not zip_path.is_file():
+        raise UserError(f"no Cityscapes images: neither {paths.rel(folder, root)}/ nor "
+                        f"{paths.rel(zip_path, root)} exists; {WHERE_IMAGES} and put it in {paths.rel(raw, root)}/")
+    extract_zip(zip_path, folder, root)
+    return folder
+
+
+def extract_zip(zip_path: Path, folder: Path, root: Path) -> None:
+    """Extract only leftImg8bit/{train,val}/ (test has no annotations), atomically into `folder`."""
+    partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            members = [m for m in z.infolist() if not m.is_dir()
+                       and m.filename.startswith(("leftImg8bit/train/", "leftImg8bit/val/"))]
+            if not members:
+                raise UserError(f"{paths.rel(zip_path, root)} holds no leftImg8bit/train or leftImg8bit/val "
+                                f"images; is it leftImg8bit_trainvaltest.zip? {WHERE_IMAGES}")
+            for m in tqdm(members, desc="extract", unit="img", mininterval=0.5):
+                z.extract(m, partial)
+        os.replace(partial / "leftImg8bit", folder)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
+        raise UserError(f"{paths.rel(zip_path, root)} is corrupt or truncated ({e}); {WHERE_IMAGES} again "
+                        f"and replace it")
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def fingerprint(cfg: dict, raw: Path, images: Path, cache: Path) -> dict:
+    """Everything the output depends on. If it equals the manifest's, the stage has nothing to do."""
+    pngs = [e for split in SPLITS for e in _scan(images / split)]
+    fp = {
+        "converter_version": CONVERTER_VERSION,
+        "dataset_config": cfg["dataset"],
+        "sha256": {f"anno_{s}.mat": files.sha256_file(raw / f"anno_{s}.mat") for s in SPLITS},
+        "image_files": len(pngs),
+        "image_bytes": sum(size for size in pngs),
+    }
+    zip_path = raw / "leftImg8bit_trainvaltest.zip"
+    if zip_path.is_file():
+        fp["sha256"][zip_path.name] = files.sha256_cached(zip_path, cache)
+    return fp
+
+
+def _scan(folder: Path):
+    if not folder.is_dir():
+        return
+    for city in os.scandir(folder):
+        if city.is_dir():
+            for e in os.scandir(city.path):
+                if e.name.endswith(".png"):
+                    yield e.stat().st_size
+
+
+# ---------------------------------------------------------------------------------------- policy
+def split_selection(records: list[dict], fraction: float, seed: int):
+    """Hold out whole city sequences (<city>_<seq>_...) from train, so no near-duplicate frame of a
+    selection image is trained on. Returns (train, selection)."""
+    if fraction <= 0:
+        return records, []
+    by_seq = defaultdict(list)
+    for r in records:
+        by_seq["_".join(r["name"].split("_")[:2])].append(r)
+    seqs = sorted(by_seq)
+    random.Random(seed).shuffle(seqs)
+    # Cityscapes mixes one-frame sequences with drives of up to 248 frames: take a sequence only if
+    # it brings the count closer to the target, so one long drive cannot overshoot the fraction.
+    target, chosen, n = fraction * len(records), set(), 0
+    for s in seqs:
+        if abs(n + len(by_seq[s]) - target) < abs(n - target):
+            chosen.add(s)
+            n += len(by_seq[s])
+    train = [r for r in records if "_".join(r["name"].split("_")[:2]) not in chosen]
+    selection = [r for r in records if "_".join(r["name"].split("_")[:2]) in chosen]
+    return train, selection
+
+
+def yolo_labels(bbs: np.ndarray, width: int, height: int, positive_ids: set):
+    """YOLO lines for the positive boxes (full-body boxes clipped to the frame) and what happened."""
+    lines, clipped, degenerate = [], 0, 0
+    for c, x, y, w, h in bbs[:, :5]:
+        if c not in positive_ids:
+            continue
+        x1, y1, x2, y2 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            degenerate += 1
+            continue
+        clipped += (x1, y1, x2, y2) != (x, y, x + w, y + h)
+        lines.append(f"0 {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
+                     f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}")
+    return lines, clipped, degenerate
+
+
+def val_gt(records: list[dict], sizes: dict) -> dict:
+    """The official miss-rate ground truth (evaluation/val_gt.json of the CityPersons repository).
+
+    Image ids are 1..N in file-name order over all annotated images; images that could not be read
+    are left out but keep the ids the official file gives the others.
+    """
+    categories = [{"id": 1, "name": "pedestrian"}, {"id": 2, "name": "rider"},
+                  {"id": 3, "name": "sitting person"}, {"id": 4, "name": "other person"},
+                  {"id": 5, "name": "people group"}, {"id": 0, "name": "ignore region"}]
+    images, annotations = [], []
+    for image_id, r in enumerate(sorted(records, key=lambda r: r["name"]), start=1):
+        if r["name"] not in sizes:
+            continue
+        w, h = sizes[r["name"]]
+        images.append({"id": image_id, "im_name": r["name"], "height": h, "width": w})
+        for c, x, y, bw, bh, _, vx, vy, vw, vh in r["bbs"].tolist():
+            # 12 significant digits, as the official file was written
+            ratio = float(f"{vw * vh / (bw * bh):.12g}") if bw * bh else 0
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
+                "iscrowd": int(c == 5), "ignore": int(c != 1),
+                "bbox": [x, y, bw, bh], "vis_bbox": [vx, vy, vw, vh], "height": bh,
+                # the official file writes 1, not 1.0, for fully visible boxes
+                "vis_ratio": 1 if ratio == 1 else ratio})
+    return {"categories": categories, "images": images, "annotations": annotations}
+
+
+def val_coco(gt: dict) -> dict:
+    """The same split for pycocotools, which knows only `iscrowd` as "ignore": pedestrians are normal
+    annotations and everything the official protocol ignores becomes iscrowd=1."""
+    anns = [{"id": a["id"], "image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"],
+             "area": a["bbox"][2] * a["bbox"][3], "iscrowd": int(a["ignore"] == 1)}
+            for a in gt["annotations"]]
+    images = [{"id": i["id"], "file_name": i["im_name"], "height": i["height"], "width": i["width"]}
+              for i in gt["images"]]
+    return {"info": {"description": "CityPersons val for pycocotools: pedestrians are positives, "
+                                     "every region the official protocol ignores is iscrowd=1"},
+            "categories": [{"id": 1, "name": "person", "supercategory": "person"}],
+            "images": images, "annotations": anns}
+
+
+# ---------------------------------------------------------------------------------------- output
+class Linker:
+    """Puts images into yolo/ without copying 11 GB: hard link, else relative symlink, else copy."""
+
+    def __init__(self, method: str):
+        self.method, self.used, self.bytes_copied = method, Counter(), 0
+
+    def __call__(self, src: Path, dst: Path) -> None:
+        order = {"auto": ["hardlink", "symlink", "copy"]}.get(self.method, [self.method])
+        for how in order:
+            try:
+                if how == "hardlink":
+                    os.link(src, dst)
+                elif how == "symlink":
+                    os.symlink(os.path.relpath(src, dst.parent), dst)
+                else:
+                    shutil.copyfile(src, dst)
+                    self.bytes_copied += dst.stat().st_size
+                self.used[how] += 1
+                return
+            except OSError as e:
+                if how == order[-1]:
+                    raise UserError(f"cannot place {src} in {dst.parent} by {how} ({e.strerror}); "
+                                    f"check permissions and free space, or set dataset.link")
+
+    def summary(self) -> str:
+        verbs = {"hardlink": "hard-linked", "symlink": "symlinked", "copy": "copied"}
+        done = ", ".join(f"{n} {verbs[how]}" for how, n in sorted(self.used.items()))
+        return f"images {done or 'none'} ({self.bytes_copied} bytes copied)"
+
+
+def write_split(out: Path, split: str, records: list[dict], images: Path, positive_ids: set,
+                keep_background: bool, link: Linker, sizes: dict) -> dict:
+    """Labels and linked images for one split; returns its counts."""
+    (out / split / "images").mkdir(parents=True)
+    (out / split / "labels").mkdir(parents=True)
+    n = Counter()
+    by_class = Counter()
+    unreadable = []
+    for r in tqdm(records, desc=f"{split:>9}", unit="img", mininterval=0.5, leave=False):
+        src = images / r["split"] / r["city"] / r["name"]
+        size = png_size(src)
+        if size is None:
+            unreadable.append(paths.rel(src))
+            continue
+        sizes[r["name"]] = size
+        lines, clipped, degenerate = yolo_labels(r["bbs"], *size, positive_ids)
+        by_class.update(MAT_CLASSES.get(int(c), f"class_{c}") for c in r["bbs"][:, 0])
+        if not lines and not keep_background:
+            n["background_dropped"] += 1
+            continue
+        n["images"] += 1
+        n["boxes"] += len(lines)
+        n["clipped"] += clipped
+        n["degenerate"] += degenerate
+        n["background"] += not lines
+        link(src, out / split / "images" / r["name"])
+        (out / split / "labels" / (Path(r["name"]).stem + ".txt")).write_text(
+            "".join(line + "\n" for line in lines))
+    return {"images": n["images"], "boxes": n["boxes"], "clipped": n["clipped"],
+            "degenerate": n["degenerate"], "background": n["background"],
+            "background_dropped": n["background_dropped"], "unreadable": len(unreadable),
+            "unreadable_files": unreadable, "annotations_by_class": dict(sorted(by_class.items()))}
+
+
+def ultralytics_yaml(name: str, has_selection: bool) -> str:
+    val = "selection/images" if has_selection else "val/images"
+    return (f"# Written by `python -m services.dataset`; do not edit (it is rebuilt).\n"
+            f"# Paths are relative to this file's folder. `val` picks best.pt and stops training early;\n"
+            f"# `test` is the official CityPersons val split, the one results are reported on.\n"
+            f"train: train/images\nval: {val}\ntest: val/images\nnames:\n  0: person\n")
+
+
+# ---------------------------------------------------------------------------------------- stage
+def convert(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
+    """Build datasets/<name>/yolo/ unless its manifest says it is up to date. Returns the manifest."""
+    started, t0 = manifest.now(), time.perf_counter()
+    d = cfg["dataset"]
+    raw, out_dir = paths.raw_dir(d["name"], root), paths.yolo_dir(d["name"], root)
+    for split in SPLITS:
+        mat = raw / f"anno_{split}.mat"
+        if not mat.is_file():
+            raise UserError(f"missing {paths.rel(mat, root)}: {WHERE_MAT.format(file=mat.name)} "
+                            f"and put it in {paths.rel(raw, root)}/")
+    images = find_images(raw, root)
+    fp = fingerprint(cfg, raw, images, paths.dataset_dir(d["name"], root) / ".checksums.json")
+
+    old = files.read_json(out_dir / "manifest.json")
+    if old and old.get("fingerprint") == fp and not force:
+        info(STAGE, f"{paths.rel(out_dir, root)} is up to date (inputs and policy unchanged); "
+                    f"FORCE=1 rebuilds it")
+        return old
+
+    records = {s: read_mat(raw / f"anno_{s}.mat", s) for s in SPLITS}
+    absent = [images / r["split"] / r["city"] / r["name"] for s in SPLITS for r in records[s]
+              if not (images / r["split"] / r["city"] / r["name"]).exists()]
+    if absent:
+        raise UserError(f"{len(absent)} image(s) listed in the annotations are absent, e.g. "
+                        f"{paths.rel(absent[0], root)}; extract all of leftImg8bit_trainvaltest.zip "
+                        f"into {paths.rel(raw, root)}/ (or delete a partial leftImg8bit/ so it is re-extracted)")
+
+    train, selection = split_selection(records["train"], d["selection_fraction"], d["seed"])
+    positive_ids = {CLASS_ID[c] for c in d["positives"]}
+    link = Linker(d["link"])
+    sizes = {}
+    with files.build_dir(out_dir) as build:
+        counts = {}
+        for split, recs, keep in (("train", train, d["keep_background"]), ("selection", selection, True),
+                                  ("val", records["val"], True)):
+            # Background is dropped from train only when asked: the evaluation splits stay whole.
+            counts[split] = write_split(build.path, split, recs, images, positive_ids, keep, link, sizes)
+        gt = val_gt(records["val"], sizes)
+        files.atomic_write_json(build.path / "val_gt.json", gt)
+        files.atomic_write_json(build.path / "val_coco.json", val_coco(gt))
+        calib = calibration_list(build.path, out_dir, d["calib_images"], d["seed"], root)
+        (build.path / "calib.txt").write_text("".join(p + "\n" for p in calib))
+        (build.path / f"{d['name']}.yaml").write_text(ultralytics_yaml(d["name"], bool(selection)))
+        result = {
+            **manifest.provenance(STAGE, cfg, ["numpy", "scipy"]),
+            "fingerprint": fp,
+            "policy": {"positives": d["positives"], "yolo_classes": {0: "person"},
+                       "keep_background": d["keep_background"],
+                       "not_positives": sorted(set(MAT_CLASSES.values()) - set(d["positives"])),
+                       "clip_to_frame": True, "selection_fraction": d["selection_fraction"],
+                       "selection_by": "city sequence", "seed": d["seed"]},
+            "counts": counts,
+            "calibration_images": len(calib),
+            "images_placed": dict(link.used), "bytes_copied": link.bytes_copied,
+            "moved_aside": None,
+            "started": started, "finished": manifest.now(),
+            "wall_s": round(time.perf_counter() - t0, 3),
+        }
+        files.atomic_write_json(build.path / "manifest.json", result)
+    if build.moved_aside:
+        result["moved_aside"] = paths.rel(build.moved_aside, root)
+        files.atomic_write_json(out_dir / "manifest.json", result)
+        info(STAGE, f"the previous output did not match the inputs or policy; moved aside to "
+                    f"{paths.rel(build.moved_aside, root)}")
+    report(result, out_dir, link, root)
+    return result
+
+
+def calibration_list(build: Path, final: Path, n: int, seed: int, root: Path) -> list[str]:
+    names = sorted(p.name for p in (build / "train" / "images").iterdir())
+    picked = sorted(random.Random(seed).sample(names, min(n, len(names))))
+    return [paths.rel(final / "train" / "images" / name, root) for name in picked]
+
+
+def report(result: dict, out_dir: Path, link: Linker, root: Path) -> None:
+    counts = result["counts"]
+    for split, c in counts.items():
+        if c["unreadable"]:
+            warn(STAGE, f"{split}: skipped {c['unreadable']} unreadable PNG(s), e.g. "
+                        f"{c['unreadable_files'][0]}; re-extract or re-download them")
+    info(STAGE, link.summary())
+    rows = [[s, c["images"], c["boxes"], c["clipped"], c["degenerate"], c["background"], c["unreadable"]]
+            for s, c in counts.items()]
+    print(table(["split", "images", "person boxes", "clipped", "degenerate", "background", "unreadable"],
+                rows, title=f"\n{paths.rel(out_dir, root)}  (positives: {', '.join(result['policy']['positives'])})"))
+    print(f"wall time {result['wall_s']:.2f} s")
