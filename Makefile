@@ -78,7 +78,8 @@ $(VENV)/%/.installed: requirements/%.lock
 	@echo "setup: building $(VENV)/$* from $<"
 	@rm -f $@
 	@test -x $(VENV)/$*/bin/python || $(PYTHON) -m venv $(VENV)/$*
-	@$(VENV)/$*/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r $<
+	@$(VENV)/$*/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r $< \
+	  2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 	@$(VENV)/$*/bin/python -m pip check
 	@touch $@
 
