@@ -1,0 +1,74 @@
+"""Make is the front door: the demo chain, as a user runs it, once per test session."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+VENV = Path(sys.prefix).parent  # .venv when the suite runs under `make test`
+pytestmark = pytest.mark.skipif(not (Path(sys.prefix) / ".installed").is_file(),
+                                reason="Make tests run under `make test` (they use its .venv/train)")
+
+
+def make(*args, root: Path, timeout=1800) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "--no-print-directory", f"VENV={VENV}", *args], cwd=ROOT,
+                          env={**os.environ, "PIPELINE_ROOT": str(root)}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def demo_chain(tmp_path_factory):
+    """`make demo` on a fresh project root: generate the demo download, then run every stage."""
+    root = tmp_path_factory.mktemp("make-demo")
+    proc = make("demo", root=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return root, proc
+
+
+def test_help_lists_the_targets_and_variables():
+    proc = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0
+    for word in ("demo", "train", "dataset", "setup", "test", "EXP=", "ARGS=", "RUNNER=", "FORCE=1"):
+        assert word in proc.stdout
+
+
+def test_demo_chain_builds_the_dataset(demo_chain):
+    root, proc = demo_chain
+    # the runner is said in one line: docker when an engine answers, else local
+    runner_lines = [line for line in proc.stdout.splitlines() if line.startswith("runner: ")]
+    assert runner_lines and all("local" in line or "docker" in line for line in runner_lines)
+    out = root / "datasets" / "demo" / "yolo"
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["experiment"] == "demo" and m["host"]["runner"] in ("local", "docker")
+    assert m["counts"]["train"]["images"] + m["counts"]["selection"]["images"] == 240
+    assert m["counts"]["val"]["images"] == 60 and m["bytes_copied"] == 0
+    for name in ("demo.yaml", "val_gt.json", "val_coco.json", "calib.txt"):
+        assert (out / name).is_file(), name
+    assert (root / "datasets" / "demo" / "raw" / "generator.json").is_file()
+    assert "person boxes" in proc.stdout  # the summary table
+
+
+def test_second_run_skips_the_up_to_date_stage_and_force_reruns_it(demo_chain):
+    root, _ = demo_chain
+    again = make("demo", root=root)
+    assert again.returncode == 0 and "up to date" in again.stdout
+    forced = make("dataset", "EXP=demo", "FORCE=1", root=root)
+    assert forced.returncode == 0 and "up to date" not in forced.stdout and "moved aside" in forced.stdout
+
+
+def test_bad_override_through_make_fails_with_one_line(demo_chain):
+    root, _ = demo_chain
+    proc = make("dataset", "EXP=demo", "ARGS=dataset.selection_fraction=2", root=root)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if "error:" in line and "make" not in line]
+    assert len(lines) == 1 and "dataset.selection_fraction=2.0 is out of range" in lines[0]
+
+
+def test_unknown_experiment_is_named(tmp_path):
+    proc = make("dataset", "EXP=nope", root=tmp_path)
+    assert proc.returncode != 0 and "configs/nope.yaml not found" in proc.stderr
+    assert "known experiments: citypersons, demo" in proc.stderr
