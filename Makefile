@@ -62,7 +62,7 @@ help: ## targets and variables
 	@echo "  VENV=<dir>    where the local environments live (default: .venv)"
 
 demo: ## the whole chain on the embedded demo data, on CPU (make train EXP=demo)
-	@$(MAKE) --no-print-directory train EXP=demo RUNNER=$(RUNNER)
+	@$(MAKE) --no-print-directory train EXP=demo RUNNER=$(RUNNER) RUNNER_WHY="$(RUNNER_WHY)"
 
 train: dataset ## the whole chain for EXP: dataset (fit, evaluate, export, rknn join as they land)
 

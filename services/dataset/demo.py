@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
-from services.common import files
+from services.common import files, paths
+from services.common.log import info
 
 GENERATOR_VERSION = 1
 CITIES = {"train": ["aachen", "bochum", "bremen", "hamburg"], "val": ["frankfurt", "lindau", "munster"]}
@@ -34,7 +36,7 @@ def generate(out: Path, seed: int = 0, n_train: int = 240, n_val: int = 60, size
         rng = np.random.default_rng(seed)
         for split, n in (("train", n_train), ("val", n_val)):
             records = []
-            for i in range(n):
+            for i in tqdm(range(n), desc=f"demo {split}", unit="img", mininterval=0.5, leave=False):
                 city = CITIES[split][i % len(CITIES[split])]
                 seq, frame = i // (len(CITIES[split]) * FRAMES_PER_SEQUENCE), (i * 19) % 1000
                 name = f"{city}_{seq:06d}_{frame:06d}_leftImg8bit.png"
@@ -196,11 +198,11 @@ def main(out: Path, seed: int, force: bool) -> None:
     out = Path(out)
     if out.exists():
         if not force:
-            print(f"dataset: {out} already exists; FORCE=1 (--force) generates it anew "
-                  f"and moves the old one aside")
+            info("dataset", f"{paths.rel(out)} already exists; --force generates it anew "
+                         f"and moves the old one aside")
             return
         aside = files.move_aside(out)
-        print(f"dataset: moved the old demo download aside to {aside}")
+        info("dataset", f"moved the old demo download aside to {paths.rel(aside)}")
     params = generate(out, seed=seed)
-    print(f"dataset: generated the demo download in {out} "
-          f"({params['n_train']} train + {params['n_val']} val images, seed {seed})")
+    info("dataset", f"generated the demo download in {paths.rel(out)}/ "
+                    f"({params['n_train']} train + {params['n_val']} val images, seed {seed})")
