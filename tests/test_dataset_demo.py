@@ -91,3 +91,17 @@ def test_background_can_be_dropped_from_train_only(tmp_path, demo_raw):
     assert drop["train"]["background_dropped"] == keep["train"]["background"] > 0
     assert drop["train"]["images"] == keep["train"]["images"] - keep["train"]["background"]
     assert drop["val"] == keep["val"] and drop["selection"] == keep["selection"]
+
+
+def test_symlink_and_copy_are_there_when_hard_links_are_not_wanted(tmp_path, demo_raw):
+    root = demo_root(tmp_path, demo_raw)
+    out = root / "datasets" / "demo" / "yolo" / "val" / "images"
+    linked = citypersons.convert(config.load(DEMO, ["dataset.link=symlink"]), root=root)
+    assert linked["images_placed"] == {"symlink": 300} and linked["bytes_copied"] == 0
+    first = sorted(out.iterdir())[0]
+    # relative, so the tree survives being mounted elsewhere (containers mount it at /workspace)
+    assert first.is_symlink() and not Path(first.readlink()).is_absolute() and first.stat().st_size > 0
+    copied = citypersons.convert(config.load(DEMO, ["dataset.link=copy"]), root=root)
+    raw_bytes = sum(p.stat().st_size for p in demo_raw.glob("leftImg8bit/*/*/*.png"))
+    assert copied["images_placed"] == {"copy": 300} and copied["bytes_copied"] == raw_bytes
+    assert not sorted(out.iterdir())[0].is_symlink()
