@@ -23,11 +23,12 @@ RUNNER_WHY = $(if $(filter command line environment,$(origin RUNNER)),as asked,$
 
 STAGE_ARGS = --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 
-# Run one stage: $(1) python module under services/, $(2) Compose service, $(3) local environment.
+# Run one stage: $(1) python module under services/, $(2) Compose service, $(3) local environment,
+# $(4) extra arguments for that stage.
 define run_stage
 	@echo "runner: $(RUNNER) ($(RUNNER_WHY))"
-	@$(if $(filter docker,$(RUNNER)),$(call compose_run,$(2),python -m services.$(1) $(STAGE_ARGS)),\
-	  PIPELINE_RUNNER=local $(VENV)/$(3)/bin/python -m services.$(1) $(STAGE_ARGS))
+	@$(if $(filter docker,$(RUNNER)),$(call compose_run,$(2),python -m services.$(1) $(STAGE_ARGS) $(4)),\
+	  PIPELINE_RUNNER=local $(VENV)/$(3)/bin/python -m services.$(1) $(STAGE_ARGS) $(4))
 endef
 
 # `docker compose run --rm` against podman reports exit 0 for a failed container, so run without
@@ -46,7 +47,7 @@ endef
 # The local environment a stage needs, built on first use (RUNNER=local only).
 needs = $(if $(filter local,$(RUNNER)),$(VENV)/$(1)/.installed)
 
-.PHONY: help demo train dataset setup test lock
+.PHONY: help demo train dataset fit tensorboard setup test test-deps lock
 
 help: ## targets and variables
 	@echo "Usage: make <target> [EXP=<name>] [ARGS=\"section.key=value ...\"] [RUNNER=docker|local] [FORCE=1]"
@@ -59,15 +60,26 @@ help: ## targets and variables
 	@echo "  RUNNER=...    docker: each stage in its Compose service; local: in $(VENV)/train or $(VENV)/convert"
 	@echo "                (default: docker when a Docker engine answers, else local)"
 	@echo "  FORCE=1       rerun a stage even when its manifest says inputs and config are unchanged"
+	@echo "  FRESH=1       fit: start training anew instead of resuming (the old run is moved aside)"
 	@echo "  VENV=<dir>    where the local environments live (default: .venv)"
 
 demo: ## the whole chain on the embedded demo data, on CPU (make train EXP=demo)
 	@$(MAKE) --no-print-directory train EXP=demo RUNNER=$(RUNNER) RUNNER_WHY="$(RUNNER_WHY)"
 
-train: dataset ## the whole chain for EXP: dataset (fit, evaluate, export, rknn join as they land)
+train: ## the whole chain for EXP: dataset -> fit (evaluate, export, rknn join as they land)
+	@$(MAKE) --no-print-directory dataset RUNNER=$(RUNNER) RUNNER_WHY="$(RUNNER_WHY)"
+	@$(MAKE) --no-print-directory fit RUNNER=$(RUNNER) RUNNER_WHY="$(RUNNER_WHY)"
 
 dataset: $(call needs,train) ## CityPersons download (or demo) -> datasets/<name>/yolo/
 	$(call run_stage,dataset,dataset,train)
+
+fit: $(call needs,train) ## train YOLO on the dataset: resumes an unfinished run; FRESH=1 starts anew
+	$(call run_stage,train,train,train,$(if $(FRESH),--fresh))
+
+TB_PORT ?= 6006
+tensorboard: $(call needs,train) ## serve runs/ on http://127.0.0.1:$(TB_PORT), during and after training
+	@$(if $(filter docker,$(RUNNER)),HOST_UID=$$(id -u) HOST_GID=$$(id -g) $(COMPOSE) up tensorboard,\
+	  $(VENV)/train/bin/tensorboard --logdir runs --host 127.0.0.1 --port $(TB_PORT))
 
 setup: $(VENV)/train/.installed $(VENV)/convert/.installed ## build .venv/train and .venv/convert from the lock files
 
@@ -83,8 +95,15 @@ $(VENV)/%/.installed: requirements/%.lock
 	@$(VENV)/$*/bin/python -m pip check
 	@touch $@
 
-test: $(VENV)/train/.installed ## build what the tests need, then run the whole suite (it runs the demo chain)
+test: $(VENV)/train/.installed test-deps ## build what the tests need, then run the whole suite (it runs the demo chain)
 	$(VENV)/train/bin/python -m pytest tests
+
+# The TensorBoard dashboard is checked in a real headless browser: Debian's chromium.
+test-deps:
+	@command -v chromium >/dev/null || { echo "test: installing Debian's chromium for the dashboard test"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	    $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium >/dev/null; }; }
 
 lock: ## recompile requirements/*.lock from requirements/*.in (needs PyPI)
 	@test -x $(VENV)/tools/bin/uv || { $(PYTHON) -m venv $(VENV)/tools && $(VENV)/tools/bin/pip install --quiet uv; }

@@ -20,11 +20,47 @@ needs_real_citypersons = pytest.mark.skipif(
 sys.path.insert(0, str(ROOT))
 
 
-def run_module(module: str, args, root: Path, timeout=600) -> subprocess.CompletedProcess:
+def stage_env(root: Path) -> dict:
+    """The environment a user's shell gives a stage, with outputs under `root`. Without pytest's
+    marker: ultralytics switches TensorBoard logging off when it thinks it runs under pytest."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    return {**env, "PIPELINE_ROOT": str(root)}
+
+
+def run_module(module: str, args, root: Path, timeout=900, env=None) -> subprocess.CompletedProcess:
     """`python -m services.<module> ...` as a user runs it, with outputs under `root`."""
     return subprocess.run([sys.executable, "-m", f"services.{module}", *args], cwd=ROOT,
-                          env={**os.environ, "PIPELINE_ROOT": str(root)}, capture_output=True,
-                          text=True, timeout=timeout)
+                          env={**stage_env(root), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def make(*args, root: Path, timeout=1800) -> subprocess.CompletedProcess:
+    """`make ...` in the project, with the test session's environments and outputs under `root`."""
+    return subprocess.run(["make", "--no-print-directory", f"VENV={Path(sys.prefix).parent}", *args],
+                          cwd=ROOT, env=stage_env(root), capture_output=True, text=True, timeout=timeout)
+
+
+# Make tests use the environment `make test` built; elsewhere (a bare pytest) they skip.
+needs_make_venv = pytest.mark.skipif(not (Path(sys.prefix) / ".installed").is_file(),
+                                     reason="Make tests run under `make test` (they use its .venv/train)")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`make demo` once per session on a fresh project root: the demo download, the dataset, the
+    training. Every test that needs a trained demo model shares this one."""
+    if not (Path(sys.prefix) / ".installed").is_file():
+        pytest.skip("the demo chain runs under `make test` (it uses its .venv/train)")
+    root = tmp_path_factory.mktemp("make-demo")
+    proc = make("demo", root=root, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root, proc
+
+
+def copy_dataset(src_root: Path, dst_root: Path, name: str = "demo") -> Path:
+    """Give a scratch root the demo dataset of another (hard links, like the stage itself)."""
+    shutil.copytree(src_root / "datasets" / name, dst_root / "datasets" / name, copy_function=os.link)
+    return dst_root
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:

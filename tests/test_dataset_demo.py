@@ -105,3 +105,14 @@ def test_symlink_and_copy_are_there_when_hard_links_are_not_wanted(tmp_path, dem
     raw_bytes = sum(p.stat().st_size for p in demo_raw.glob("leftImg8bit/*/*/*.png"))
     assert copied["images_placed"] == {"copy": 300} and copied["bytes_copied"] == raw_bytes
     assert not sorted(out.iterdir())[0].is_symlink()
+
+
+def test_demo_download_is_regenerated_when_the_seed_changes(tmp_path, demo_raw):
+    root = demo_root(tmp_path, demo_raw)
+    from conftest import run_module
+    proc = run_module("dataset", ["--config", str(DEMO)], root)
+    assert proc.returncode == 0 and "generated" not in proc.stdout  # seed 0: the copy is current
+    proc = run_module("dataset", ["--config", str(DEMO), "dataset.seed=1", "dataset.calib_images=1"], root)
+    assert proc.returncode == 0 and "from another generator version or seed" in proc.stdout
+    assert json.loads((root / "datasets/demo/raw/generator.json").read_text())["seed"] == 1
+    assert [p.name.startswith("raw.old-") for p in (root / "datasets/demo").iterdir()].count(True) == 1

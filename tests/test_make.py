@@ -1,32 +1,10 @@
 """Make is the front door: the demo chain, as a user runs it, once per test session."""
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
-import pytest
+from conftest import ROOT, make, needs_make_venv
 
-from conftest import ROOT
-
-VENV = Path(sys.prefix).parent  # .venv when the suite runs under `make test`
-pytestmark = pytest.mark.skipif(not (Path(sys.prefix) / ".installed").is_file(),
-                                reason="Make tests run under `make test` (they use its .venv/train)")
-
-
-def make(*args, root: Path, timeout=1800) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "--no-print-directory", f"VENV={VENV}", *args], cwd=ROOT,
-                          env={**os.environ, "PIPELINE_ROOT": str(root)}, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="session")
-def demo_chain(tmp_path_factory):
-    """`make demo` on a fresh project root: generate the demo download, then run every stage."""
-    root = tmp_path_factory.mktemp("make-demo")
-    proc = make("demo", root=root)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return root, proc
+pytestmark = needs_make_venv
 
 
 def test_help_lists_the_targets_and_variables():
@@ -36,8 +14,8 @@ def test_help_lists_the_targets_and_variables():
         assert word in proc.stdout
 
 
-def test_demo_chain_builds_the_dataset(demo_chain):
-    root, proc = demo_chain
+def test_demo_run_builds_the_dataset(demo_run):
+    root, proc = demo_run
     # the runner is said in one line: docker when an engine answers, else local
     runner_lines = [line for line in proc.stdout.splitlines() if line.startswith("runner: ")]
     assert runner_lines and all("local" in line or "docker" in line for line in runner_lines)
@@ -52,16 +30,17 @@ def test_demo_chain_builds_the_dataset(demo_chain):
     assert "person boxes" in proc.stdout  # the summary table
 
 
-def test_second_run_skips_the_up_to_date_stage_and_force_reruns_it(demo_chain):
-    root, _ = demo_chain
+def test_second_run_skips_the_up_to_date_stage_and_force_reruns_it(demo_run):
+    root, _ = demo_run
     again = make("demo", root=root)
-    assert again.returncode == 0 and "up to date" in again.stdout
+    assert again.returncode == 0 and "datasets/demo/yolo is up to date" in again.stdout
+    assert "runs/demo/train is finished and up to date" in again.stdout
     forced = make("dataset", "EXP=demo", "FORCE=1", root=root)
     assert forced.returncode == 0 and "up to date" not in forced.stdout and "moved aside" in forced.stdout
 
 
-def test_bad_override_through_make_fails_with_one_line(demo_chain):
-    root, _ = demo_chain
+def test_bad_override_through_make_fails_with_one_line(demo_run):
+    root, _ = demo_run
     proc = make("dataset", "EXP=demo", "ARGS=dataset.selection_fraction=2", root=root)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if "error:" in line and "make" not in line]

@@ -21,12 +21,24 @@ DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 CHOICES = {
     "dataset.positives": ["pedestrian", "rider", "sitting", "other", "group"],
     "dataset.link": ["auto", "hardlink", "symlink", "copy"],
+    "train.optimizer": ["SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop"],
 }
+# Keys that take one special word besides their default's type.
+ALSO_ALLOWED = {"train.batch": "auto"}
 # Numeric ranges: (low, high, high_inclusive).
 RANGES = {
     "dataset.selection_fraction": (0.0, 1.0, False),
     "dataset.seed": (0, 2**32 - 1, True),
     "dataset.calib_images": (0, 100_000, True),
+    "train.epochs": (1, 100_000, True),
+    "train.patience": (0, 100_000, True),
+    "train.batch": (1, 4096, True),
+    "train.min_batch": (1, 4096, True),
+    "train.imgsz": (32, 8192, True),
+    "train.lr0": (0.0, 10.0, True),
+    "train.warmup_epochs": (0.0, 100.0, True),
+    "train.seed": (0, 2**32 - 1, True),
+    "train.workers": (0, 256, True),
 }
 NAME_KEYS = {"dataset.name"}  # become folder names
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -96,6 +108,8 @@ def _checked(cfg, section, key, value, where):
         raise UserError(f"{where}: unknown key {dotted}{_did_you_mean(key, list(base))}; "
                         f"{section} keys are: {', '.join(allowed)}")
     default = base[key]
+    if value == ALSO_ALLOWED.get(dotted):
+        return value
     value = _coerce(dotted, value, default)
     if dotted in CHOICES:
         allowed = CHOICES[dotted]
@@ -126,6 +140,8 @@ def _coerce(dotted, value, default):
     elif want is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+    elif want is str and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = str(value), True  # YAML reads `device: 0` as a number
     elif want is list:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]
@@ -133,7 +149,8 @@ def _coerce(dotted, value, default):
     else:
         ok = isinstance(value, want)
     if not ok:
-        raise UserError(f"{dotted}={_show(value)} has the wrong type; expected {want.__name__} "
+        also = f" or {ALSO_ALLOWED[dotted]}" if dotted in ALSO_ALLOWED else ""
+        raise UserError(f"{dotted}={_show(value)} has the wrong type; expected {want.__name__}{also} "
                         f"(default: {_show(default)})")
     return value
 

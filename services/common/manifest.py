@@ -6,7 +6,9 @@ import sys
 import time
 from importlib import metadata
 
-from .paths import ROOT
+from pathlib import Path
+
+CODE = Path(__file__).resolve().parents[2]  # the checkout the code runs from (outputs may live elsewhere)
 
 
 def now() -> str:
@@ -19,9 +21,9 @@ def git_state() -> dict:
         return {"commit": os.environ["PIPELINE_GIT_COMMIT"],
                 "dirty": os.environ.get("PIPELINE_GIT_DIRTY", "unknown") == "1"}
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=CODE, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=CODE,
                                capture_output=True, text=True, check=True).stdout.strip() != ""
         return {"commit": commit, "dirty": dirty}
     except (OSError, subprocess.CalledProcessError):
@@ -38,6 +40,16 @@ def versions(packages) -> dict:
     return out
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def provenance(stage: str, cfg: dict, packages=()) -> dict:
     """The fields every stage's manifest starts with."""
     return {
@@ -47,6 +59,6 @@ def provenance(stage: str, cfg: dict, packages=()) -> dict:
         "git": git_state(),
         "versions": versions(packages),
         "host": {"platform": platform.platform(), "machine": platform.machine(),
-                 "cpus": os.cpu_count(), "runner": os.environ.get("PIPELINE_RUNNER", "direct"),
+                 "cpu": cpu_name(), "cpus": os.cpu_count(), "runner": os.environ.get("PIPELINE_RUNNER", "direct"),
                  "argv": sys.argv[1:]},
     }

@@ -4,8 +4,8 @@
     python -m services.dataset demo [--out datasets/demo/raw] [--seed 0] [--force]
 
 The first turns datasets/<name>/raw/ into datasets/<name>/yolo/ (see citypersons.py); with
-dataset.generate_demo it first generates the raw demo download when it is absent. The second only
-generates the demo download.
+dataset.generate_demo it first generates the raw demo download when it is absent or was made by
+another generator version or seed. The second only generates the demo download.
 """
 import argparse
 import sys
@@ -38,9 +38,8 @@ def main(argv=None) -> None:
         a = p.parse_args(argv)
         cfg = config.load(a.config, a.overrides)
         d = cfg["dataset"]
-        raw = paths.raw_dir(d["name"])
-        if d["generate_demo"] and not raw.exists():
-            demo.main(raw, d["seed"], force=False)
+        if d["generate_demo"]:
+            demo.ensure(paths.raw_dir(d["name"]), d["seed"])
         citypersons.convert(cfg, force=a.force)
 
 

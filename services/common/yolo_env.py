@@ -1,0 +1,34 @@
+"""Ultralytics, kept offline and inside the project. Call `prepare()` before any other ultralytics import.
+
+Left alone, ultralytics probes DNS at import, fetches a font when it checks a dataset, pip-installs
+packages at run time and keeps its settings in the home directory (../shared/notes/ml-stack-facts.md).
+Here its settings live in <project>/.yolo (YOLO_CONFIG_DIR), TensorBoard logging is on, and nothing
+touches the network unless a stage asks for a download on purpose.
+"""
+import os
+import shutil
+from pathlib import Path
+
+from .paths import ROOT
+
+
+def prepare(root: Path = ROOT, allow_downloads: bool = False) -> None:
+    config_dir = Path(root) / ".yolo"
+    user_dir = config_dir / "Ultralytics"  # ultralytics appends this to YOLO_CONFIG_DIR
+    user_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+    os.environ["YOLO_AUTOINSTALL"] = "0"
+    if not allow_downloads:
+        os.environ["YOLO_OFFLINE"] = "1"
+    # The plotting font ultralytics would download: matplotlib ships an equivalent one.
+    font = user_dir / "Arial.ttf"
+    if not font.exists():
+        import matplotlib
+        shutil.copyfile(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf", font)
+    # Settings are written each time, not inherited from an earlier session or another project.
+    from ultralytics.utils import SETTINGS
+    SETTINGS.update({"sync": False, "tensorboard": True, "wandb": False, "mlflow": False,
+                     "clearml": False, "comet": False, "dvc": False, "raytune": False,
+                     "runs_dir": str(Path(root) / "runs"),
+                     "weights_dir": str(Path(root) / "datasets" / "weights"),
+                     "datasets_dir": str(Path(root) / "datasets")})

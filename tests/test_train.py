@@ -1,0 +1,238 @@
+"""The training stage with the real ultralytics trainer on the demo data, on CPU."""
+import csv
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, copy_dataset, error_lines, run_module, stage_env
+
+DEMO = str(ROOT / "configs" / "demo.yaml")
+AP50_BAR, TRAIN_SECONDS_BAR = 0.8, 300
+
+
+def results(root: Path) -> list[dict]:
+    with open(root / "runs" / "demo" / "train" / "results.csv") as f:
+        return [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def train_manifest(root: Path) -> dict:
+    return json.loads((root / "artifacts" / "demo" / "train" / "manifest.json").read_text())
+
+
+# ------------------------------------------------------------------------------ the shared demo run
+def test_demo_training_writes_weights_and_a_complete_manifest(demo_run):
+    root, proc = demo_run
+    m = train_manifest(root)
+    for name in ("best.pt", "last.pt"):
+        assert (root / "artifacts" / "demo" / "weights" / name).stat().st_size > 1_000_000
+    cfg_epochs = m["config"]["train"]["epochs"]
+    assert m["epochs_completed"] == cfg_epochs == len(results(root))
+    ua = m["ultralytics_args"]
+    assert ua["optimizer"] == m["config"]["train"]["optimizer"] != "auto"  # pinned, not chosen silently
+    assert ua["seed"] == 0 and ua["deterministic"] is True and ua["device"] == "cpu"
+    assert ua["data"].endswith("datasets/demo/yolo/demo.yaml")
+    assert len(m["dataset_sha256"]) == 64 and m["git"]["commit"]
+    assert m["versions"]["torch"] and m["versions"]["ultralytics"] and "cuda_build" in m["cuda"]
+    assert m["batch"]["requested"] == m["batch"]["used"] and m["batch"]["attempts"][0]["result"] == "finished"
+    assert m["devices"] and m["wall_s"] > 0 and m["started"] < m["finished"]
+    assert "metrics/mAP50(B)" in m["final_metrics"]
+    assert (root / "runs" / "demo" / "train" / "results.png").is_file()  # the plots people look at
+
+
+def test_demo_training_reaches_the_ap50_bar_within_five_minutes(demo_run):
+    """Stand-in until the evaluation stage lands: ultralytics' mAP50 on the demo val split
+    (split=test in the data file), labelled as such."""
+    root, _ = demo_run
+    rows = results(root)
+    training_seconds = float(rows[-1]["time"])
+    code = ("import json, sys; from services.common import yolo_env; yolo_env.prepare();"
+            "from ultralytics import YOLO;"
+            f"r = YOLO('{root}/artifacts/demo/weights/best.pt').val(data='{root}/datasets/demo/yolo/demo.yaml',"
+            " split='test', imgsz=256, batch=8, device='cpu', plots=False, verbose=False);"
+            "print(json.dumps({'map50': r.box.map50, 'map': r.box.map}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=stage_env(root), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    val = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"demo val (ultralytics mAP50, stand-in for pycocotools AP50): {val['map50']:.3f}, "
+          f"mAP50-95 {val['map']:.3f}, training time {training_seconds:.0f} s")
+    assert training_seconds <= TRAIN_SECONDS_BAR
+    assert val["map50"] >= AP50_BAR
+
+
+def test_tensorboard_serves_the_scalars_of_the_demo_run(demo_run, tmp_path):
+    root, _ = demo_run
+    epochs = train_manifest(root)["epochs_completed"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tb = subprocess.Popen([str(Path(sys.executable).parent / "tensorboard"), "--logdir", str(root / "runs"),
+                           "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        tags = None
+        for _ in range(120):
+            try:
+                tags = json.loads(urllib.request.urlopen(f"{base}/data/plugin/scalars/tags", timeout=5).read())
+                if tags.get("demo/train"):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert tags and "demo/train" in tags, tags
+        run_tags = tags["demo/train"]
+        for tag in ("train/box_loss", "train/cls_loss", "metrics/mAP50(B)", "metrics/mAP50-95(B)"):
+            assert tag in run_tags, sorted(run_tags)
+            url = f"{base}/data/plugin/scalars/scalars?run=demo%2Ftrain&tag={urllib.parse.quote(tag)}"
+            points = json.loads(urllib.request.urlopen(url, timeout=10).read())
+            steps = [p[1] for p in points]
+            assert len(steps) == epochs and len(set(steps)) == epochs, (tag, steps)
+        chromium = next((c for c in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(c)), None)
+        assert chromium, "Debian's chromium is needed for the dashboard test (make test installs it)"
+        for tag_filter, shown in (("mAP50", ["metrics/mAP50(B)", "metrics/mAP50-95(B)"]),
+                                  ("train/", ["train/box_loss", "train/cls_loss", "train/dfl_loss"])):
+            text = dashboard_text(chromium, f"{base}/?tagFilter={urllib.parse.quote(tag_filter)}#timeseries",
+                                  tmp_path / f"chromium-{len(shown)}")
+            for tag in shown:
+                assert tag in text, f"the dashboard does not show {tag}: {text[:500]}"
+            assert "demo/train" in text  # the run's name, beside its chart
+    finally:
+        os.killpg(tb.pid, signal.SIGTERM)
+        tb.wait(timeout=30)
+
+
+def dashboard_text(chromium: str, url: str, profile: Path) -> str:
+    """The dashboard as a person sees it: Debian's headless Chromium runs TensorBoard's JavaScript and
+    the rendered page's text is returned (a tall window, so every chart card is drawn)."""
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                          "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                          "--disable-sync", f"--user-data-dir={profile}", "--window-size=1600,6000",
+                          "--virtual-time-budget=20000", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=180).stdout
+    dom = re.sub(r"<(style|script)\b.*?</\1>", "", dom, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", dom))
+
+
+# ------------------------------------------------------------------------------ their own runs
+def short(root: Path, *extra, epochs=2, env=None):
+    return run_module("train", ["--config", DEMO, f"train.epochs={epochs}", *extra], root, env=env)
+
+
+def test_same_seed_gives_identical_metrics_without_touching_the_network(demo_run, tmp_path):
+    src, _ = demo_run
+    curves = []
+    net_log = tmp_path / "network-attempts.log"
+    guard = {"PYTHONPATH": str(ROOT / "tests" / "netguard"), "NETGUARD_LOG": str(net_log)}
+    for name in ("a", "b"):
+        root = copy_dataset(src, tmp_path / name)
+        proc = short(root, env=guard)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        curves.append([{k: v for k, v in row.items() if k != "time"} for row in results(root)])
+    assert len(curves[0]) == 2 and curves[0] == curves[1]
+    assert not net_log.exists(), f"network attempts: {net_log.read_text()}"
+
+
+def test_killed_training_resumes_without_duplicate_epochs(demo_run, tmp_path):
+    root = copy_dataset(demo_run[0], tmp_path)
+    last = root / "runs" / "demo" / "train" / "weights" / "last.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "services.train", "--config", DEMO, "train.epochs=3"],
+                            cwd=ROOT, env=stage_env(root), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while not last.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert last.is_file(), "no checkpoint after the first epoch"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(results(root)) < 3
+
+    changed = short(root, "train.lr0=0.003", epochs=3)
+    line = error_lines(changed)
+    assert changed.returncode == 2 and len(line) == 1
+    assert "refusing to resume" in line[0] and "train.lr0 (0.002 -> 0.003)" in line[0] and "FRESH=1" in line[0]
+
+    resumed = short(root, epochs=3)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming runs/demo/train after epoch" in resumed.stdout
+    assert [int(float(r["epoch"])) for r in results(root)] == [1, 2, 3]
+    assert train_manifest(root)["epochs_completed"] == 3
+
+    again = short(root, epochs=3)
+    assert again.returncode == 0 and "finished and up to date" in again.stdout
+
+    fresh = run_module("train", ["--config", DEMO, "train.epochs=1", "--fresh"], root)
+    assert fresh.returncode == 0 and "moved the previous run aside" in fresh.stdout
+    aside = [p for p in (root / "runs" / "demo").iterdir() if p.name.startswith("train.old-")]
+    assert len(aside) == 1 and len((aside[0] / "results.csv").read_text().splitlines()) == 4
+
+
+def test_out_of_memory_is_retried_with_half_the_batch(demo_run, tmp_path):
+    """Fault injection: the first attempt raises torch.OutOfMemoryError from a trainer callback."""
+    import torch
+    from services.common import config
+    from services.train import fit
+
+    root = copy_dataset(demo_run[0], tmp_path)
+    raised = []
+
+    def oom_once(trainer):
+        if not raised:
+            raised.append(trainer.batch_size)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+    cfg = config.load(DEMO, ["train.epochs=1", "train.batch=8"])
+    m = fit.run(cfg, root=root, callbacks=[("on_train_batch_start", oom_once)])
+    attempts = m["batch"]["attempts"]
+    assert raised == [8]
+    assert [a["result"] for a in attempts] == ["out of memory", "finished"]
+    assert attempts[0]["batch"] == 8 and attempts[1]["batch"] == 4 and m["batch"]["used"] == 4
+    assert len(results(root)) == 1
+
+    # the floor: no retry below train.min_batch, and one line saying what to do
+    from services.common.log import UserError
+    raised.clear()
+    cfg = config.load(DEMO, ["train.epochs=1", "train.batch=8", "train.min_batch=8"])
+    with pytest.raises(UserError, match=r"out of memory even at batch=8 \(floor train.min_batch=8\)"):
+        fit.run(cfg, root=root, fresh=True, callbacks=[("on_train_batch_start", oom_once)])
+
+
+# ------------------------------------------------------------------------------ bad input
+def one_error(proc) -> str:
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return lines[0]
+
+
+def test_no_dataset_yet_says_run_make_dataset(tmp_path):
+    line = one_error(run_module("train", ["--config", DEMO], tmp_path))
+    assert "no dataset in datasets/demo/yolo yet; run `make dataset`" in line
+
+
+def test_bad_weights_and_values_are_caught_before_training(demo_run, tmp_path):
+    root = copy_dataset(demo_run[0], tmp_path)
+    line = one_error(run_module("train", ["--config", DEMO, "train.model=weights/nope.pt"], root))
+    assert "train.model=weights/nope.pt: no such file" in line
+    junk = root / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    line = one_error(run_module("train", ["--config", DEMO, f"train.model={junk}"], root))
+    assert "is not a readable PyTorch checkpoint" in line
+    line = one_error(run_module("train", ["--config", DEMO, "train.extra={mosiac: 0.5}"], root))
+    assert "ultralytics rejects the train arguments" in line and "mosiac" in line
+    import torch
+    if not torch.cuda.is_available():
+        line = one_error(run_module("train", ["--config", DEMO, "train.device=0"], root))
+        assert "asks for a GPU but torch sees none" in line and "train.device=cpu" in line
+    line = one_error(run_module("train", ["--config", DEMO, "train.batch=auto"], root))
+    assert "train.batch=auto" in line
+    assert not (root / "runs").exists() or not any((root / "runs").rglob("*.pt"))
