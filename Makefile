@@ -47,7 +47,7 @@ endef
 # The local environment a stage needs, built on first use (RUNNER=local only).
 needs = $(if $(filter local,$(RUNNER)),$(VENV)/$(1)/.installed)
 
-.PHONY: help demo train dataset fit tensorboard setup test test-deps lock
+.PHONY: help demo train dataset fit evaluate tensorboard setup test test-deps lock
 
 help: ## targets and variables
 	@echo "Usage: make <target> [EXP=<name>] [ARGS=\"section.key=value ...\"] [RUNNER=docker|local] [FORCE=1]"
@@ -66,15 +66,19 @@ help: ## targets and variables
 demo: ## the whole chain on the embedded demo data, on CPU (make train EXP=demo)
 	@$(MAKE) --no-print-directory train EXP=demo RUNNER=$(RUNNER) RUNNER_WHY="$(RUNNER_WHY)"
 
-train: ## the whole chain for EXP: dataset -> fit (evaluate, export, rknn join as they land)
-	@$(MAKE) --no-print-directory dataset RUNNER=$(RUNNER) RUNNER_WHY="$(RUNNER_WHY)"
-	@$(MAKE) --no-print-directory fit RUNNER=$(RUNNER) RUNNER_WHY="$(RUNNER_WHY)"
+train: ## the whole chain for EXP: dataset -> fit -> evaluate (export, rknn join as they land)
+	@for stage in dataset fit evaluate; do \
+	  $(MAKE) --no-print-directory $$stage RUNNER=$(RUNNER) RUNNER_WHY="$(RUNNER_WHY)" || \
+	  { echo "train: stopped at stage '$$stage' (see its message above)" >&2; exit 1; }; done
 
 dataset: $(call needs,train) ## CityPersons download (or demo) -> datasets/<name>/yolo/
 	$(call run_stage,dataset,dataset,train)
 
 fit: $(call needs,train) ## train YOLO on the dataset: resumes an unfinished run; FRESH=1 starts anew
 	$(call run_stage,train,train,train,$(if $(FRESH),--fresh))
+
+evaluate: $(call needs,train) ## COCO AP (pycocotools) and CityPersons miss rate for every model format so far
+	$(call run_stage,evaluate,evaluate,train)
 
 TB_PORT ?= 6006
 tensorboard: $(call needs,train) ## serve runs/ on http://127.0.0.1:$(TB_PORT), during and after training

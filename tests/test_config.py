@@ -29,13 +29,20 @@ def test_overrides_are_parsed_as_yaml_and_coerced():
     assert d["keep_background"] is False and d["seed"] == 7
     # a single value for a list key is a one-item list
     assert config.load(DEMO, ["dataset.positives=rider"])["dataset"]["positives"] == ["rider"]
+    t = config.load(DEMO, ["train.batch=auto", "train.device=0", "train.extra={mosaic: 0.5}"])["train"]
+    assert t["batch"] == "auto" and t["device"] == "0" and t["extra"] == {"mosaic": 0.5}
 
 
 @pytest.mark.parametrize("override, expected", [
     ("dataset.fracton=0.2", ["unknown key dataset.fracton", "selection_fraction"]),
     ("dataset.selection_fracton=0.2", ["did you mean 'selection_fraction'"]),
     ("datset.seed=1", ["unknown section 'datset'", "did you mean 'dataset'", "sections are: dataset, train"]),
-    ("train.epochs=3", ["unknown key train.epochs"]),
+    ("evaluate.metric=ap", ["unknown key evaluate.metric", "evaluate keys are: format, weights"]),
+    ("export.opset=12", ["unknown key export.opset", "(none yet)"]),
+    ("evaluate.format=rknn", ["is not allowed", "all, pt, onnx"]),
+    ("train.epoch=3", ["unknown key train.epoch", "did you mean 'epochs'"]),
+    ("train.batch=big", ["wrong type", "expected int or auto"]),
+    ("train.optimizer=auto", ["is not allowed", "SGD"]),
     ("dataset.link=ftp", ["dataset.link=ftp is not allowed", "auto, hardlink, symlink, copy"]),
     ("dataset.positives=[pedestrian, cyclist]", ["is not allowed", "pedestrian, rider, sitting, other, group"]),
     ("dataset.positives=[]", ["is not allowed"]),

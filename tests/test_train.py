@@ -97,7 +97,10 @@ def test_tensorboard_serves_the_scalars_of_the_demo_run(demo_run, tmp_path):
             url = f"{base}/data/plugin/scalars/scalars?run=demo%2Ftrain&tag={urllib.parse.quote(tag)}"
             points = json.loads(urllib.request.urlopen(url, timeout=10).read())
             steps = [p[1] for p in points]
-            assert len(steps) == epochs and len(set(steps)) == epochs, (tag, steps)
+            # one point per epoch; ultralytics logs the validation of best.pt at the end once more,
+            # at the last epoch's step, so that step may carry a second point
+            assert sorted(set(steps)) == list(range(1, epochs + 1)), (tag, steps)
+            assert len(steps) - epochs in ((0, 1) if tag.startswith("metrics/") else (0,)), (tag, steps)
         chromium = next((c for c in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(c)), None)
         assert chromium, "Debian's chromium is needed for the dashboard test (make test installs it)"
         for tag_filter, shown in (("mAP50", ["metrics/mAP50(B)", "metrics/mAP50-95(B)"]),
@@ -157,10 +160,10 @@ def test_killed_training_resumes_without_duplicate_epochs(demo_run, tmp_path):
     proc.wait()
     assert len(results(root)) < 3
 
-    changed = short(root, "train.lr0=0.003", epochs=3)
+    changed = short(root, "train.lr0=0.006", epochs=3)
     line = error_lines(changed)
     assert changed.returncode == 2 and len(line) == 1
-    assert "refusing to resume" in line[0] and "train.lr0 (0.002 -> 0.003)" in line[0] and "FRESH=1" in line[0]
+    assert "refusing to resume" in line[0] and "train.lr0 (0.005 -> 0.006)" in line[0] and "FRESH=1" in line[0]
 
     resumed = short(root, epochs=3)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -21,6 +21,8 @@ DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 CHOICES = {
     "dataset.positives": ["pedestrian", "rider", "sitting", "other", "group"],
     "dataset.link": ["auto", "hardlink", "symlink", "copy"],
+    "evaluate.format": ["all", "pt", "onnx"],
+    "evaluate.sets": ["val"],
     "train.optimizer": ["SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop"],
 }
 # Keys that take one special word besides their default's type.
@@ -39,6 +41,10 @@ RANGES = {
     "train.warmup_epochs": (0.0, 100.0, True),
     "train.seed": (0, 2**32 - 1, True),
     "train.workers": (0, 256, True),
+    "evaluate.conf": (0.0, 1.0, False),
+    "evaluate.iou": (0.0, 1.0, True),
+    "evaluate.max_det": (1, 100_000, True),
+    "evaluate.batch": (1, 1024, True),
 }
 NAME_KEYS = {"dataset.name"}  # become folder names
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

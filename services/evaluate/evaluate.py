@@ -1,0 +1,246 @@
+"""Evaluate a model in any of its forms (pt, onnx; rknn from the convert stage) on the same sets,
+with the same pre- and post-processing (core.py) and the same scoring (scoring.py).
+
+artifacts/<exp>/metrics/<format>.json              every metric, per evaluation set, plus latency,
+                                                   model size, settings and provenance
+artifacts/<exp>/metrics/<format>.<set>.detections.json   the COCO results that were scored
+artifacts/<exp>/metrics/summary.md                 one row per format, with the drop relative to pt
+"""
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from services.common import files, manifest, paths
+from services.common.log import UserError, info, table, warn
+
+from . import core, scoring
+
+STAGE = "evaluate"
+EVALUATOR_VERSION = 1  # bump when pre/post-processing or scoring change: metrics are then recomputed
+CATEGORY_IDS = [1]  # YOLO class 0 `person` is category 1 in val_gt.json, val_coco.json and COCO
+
+
+# ---------------------------------------------------------------------------------------- backends
+class TorchBackend:
+    """The PyTorch checkpoint run as a plain module: its raw head output goes through core.decode,
+    like every other format (ultralytics' own predictor would post-process differently)."""
+
+    name, batch_ok = "pt", True
+
+    def __init__(self, weights: Path):
+        import torch
+        try:
+            ckpt = torch.load(weights, map_location="cpu", weights_only=False)
+            model = (ckpt.get("ema") or ckpt["model"]).float()
+        except Exception as e:
+            raise UserError(f"{paths.rel(weights)} is not a YOLO PyTorch checkpoint ({type(e).__name__}); "
+                            f"evaluate.format=pt needs a .pt file such as artifacts/<exp>/weights/best.pt")
+        self.model = model.fuse().eval() if hasattr(model, "fuse") else model.eval()
+        self.torch = torch
+        self.device = manifest.cpu_name()
+        torch.set_num_threads(os.cpu_count() or 1)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            y = self.model(self.torch.from_numpy(x))
+        return (y[0] if isinstance(y, (list, tuple)) else y).numpy()
+
+
+class OnnxBackend:
+    name, batch_ok = "onnx", False  # exported with a static batch of 1
+
+    def __init__(self, weights: Path):
+        import onnxruntime as ort
+        try:
+            self.session = ort.InferenceSession(str(weights), providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise UserError(f"{paths.rel(weights)} is not a loadable ONNX model ({str(e).splitlines()[0][:120]}); "
+                            f"evaluate.format=onnx needs an .onnx file such as artifacts/<exp>/models/<exp>.onnx")
+        self.input = self.session.get_inputs()[0].name
+        self.device = f"onnxruntime CPU ({manifest.cpu_name()})"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: x})[0]
+
+
+def backend_for(fmt: str, weights: Path):
+    if not weights.is_file():
+        hint = "run `make fit`" if fmt == "pt" else "run `make export`"
+        raise UserError(f"no {fmt} model at {paths.rel(weights)}; {hint} first, or set evaluate.weights=PATH")
+    suffix = {"pt": ".pt", "onnx": ".onnx"}[fmt]
+    if weights.suffix != suffix:
+        raise UserError(f"evaluate.format={fmt} but {paths.rel(weights)} is not a {suffix} file; "
+                        f"set evaluate.format to match the weights")
+    return TorchBackend(weights) if fmt == "pt" else OnnxBackend(weights)
+
+
+# ---------------------------------------------------------------------------------------- sets
+def evaluation_sets(cfg: dict, root: Path) -> dict:
+    """name -> (images folder, miss-rate ground truth or None, COCO ground truth)."""
+    yolo = paths.yolo_dir(cfg["dataset"]["name"], root)
+    sets = {}
+    for name in cfg["evaluate"]["sets"]:
+        if name == "val":
+            need = [yolo / "val" / "images", yolo / "val_gt.json", yolo / "val_coco.json"]
+            if not all(p.exists() for p in need):
+                raise UserError(f"evaluation set 'val' needs {paths.rel(yolo, root)}/val_gt.json, val_coco.json "
+                                f"and val/images; run `make dataset` first")
+            sets[name] = (need[0], need[1], need[2])
+    return sets
+
+
+def detect(backend, images: list[dict], folder: Path, size, e: dict):
+    """Run a backend over the images of one set; COCO results and per-image latency (ms)."""
+    dets, latency = [], []
+    batch = e["batch"] if backend.batch_ok else 1
+    for start in tqdm(range(0, len(images), batch), desc=f"{backend.name:>5}", unit="batch",
+                      mininterval=0.5, leave=False):
+        chunk = images[start:start + batch]
+        t0 = time.perf_counter()
+        inputs, metas = [], []
+        for im in chunk:
+            image = cv2.imread(str(folder / im["im_name"]))
+            if image is None:
+                raise UserError(f"cannot read {paths.rel(folder / im['im_name'])}; rebuild the dataset "
+                                f"(`make dataset FORCE=1`)")
+            x, meta = core.preprocess(image, size)
+            inputs.append(x)
+            metas.append(meta)
+        out = backend(np.concatenate(inputs))
+        for im, o, meta in zip(chunk, out, metas):
+            boxes, scores, cls = core.decode(o, e["conf"], e["iou"], e["max_det"])
+            dets += core.to_coco(im["id"], core.scale_boxes(boxes, meta), scores, cls, CATEGORY_IDS)
+        latency += [(time.perf_counter() - t0) * 1000 / len(chunk)] * len(chunk)
+    return dets, latency
+
+
+# ---------------------------------------------------------------------------------------- stage
+def formats_to_run(cfg: dict, root: Path) -> list[tuple[str, Path]]:
+    e, exp = cfg["evaluate"], cfg["experiment"]
+    art = paths.artifacts_dir(exp, root)
+    default = {"pt": art / "weights" / "best.pt", "onnx": art / "models" / f"{exp}.onnx"}
+    if e["format"] != "all":
+        weights = Path(e["weights"]) if e["weights"] else default[e["format"]]
+        return [(e["format"], weights if weights.is_absolute() else root / weights)]
+    found = [(f, p) for f, p in default.items() if p.is_file()]
+    if not found:
+        raise UserError(f"no model to evaluate in {paths.rel(art, root)} (weights/best.pt, models/{exp}.onnx); "
+                        f"run `make fit` first")
+    return found
+
+
+def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> list[dict]:
+    results = [evaluate_one(cfg, fmt, weights, root, force) for fmt, weights in formats_to_run(cfg, root)]
+    write_summary(paths.artifacts_dir(cfg["experiment"], root) / "metrics", root)
+    return results
+
+
+def evaluate_one(cfg: dict, fmt: str, weights: Path, root: Path, force: bool = False) -> dict:
+    e = cfg["evaluate"]
+    size = core.input_size(e["imgsz"] or cfg["train"]["imgsz"])
+    if size[0] % 32 or size[1] % 32:
+        raise UserError(f"evaluate.imgsz={list(size)}: height and width must be multiples of 32 (the stride)")
+    sets = evaluation_sets(cfg, root)
+    out_dir = paths.artifacts_dir(cfg["experiment"], root) / "metrics"
+    if not weights.is_file():
+        backend_for(fmt, weights)  # says what to run first
+    fingerprint = {"evaluator_version": EVALUATOR_VERSION, "evaluate": e, "imgsz_hw": list(size),
+                   "weights_sha256": files.sha256_file(weights),
+                   "ground_truth_sha256": {n: [files.sha256_file(g), files.sha256_file(c)]
+                                           for n, (_, g, c) in sets.items()}}
+    old = files.read_json(out_dir / f"{fmt}.json")
+    if old and old.get("fingerprint") == fingerprint and not force:
+        info(STAGE, f"{paths.rel(out_dir / (fmt + '.json'), root)} is up to date (same model, sets and "
+                    f"settings); FORCE=1 evaluates again")
+        return old
+    backend = backend_for(fmt, weights)
+    started, t0 = manifest.now(), time.perf_counter()
+    result = {**manifest.provenance(STAGE, cfg, ["numpy", "onnxruntime", "torch", "pycocotools",
+                                                   "faster-coco-eval", "opencv-python"]),
+              "fingerprint": fingerprint,
+              "format": fmt, "weights": paths.rel(weights, root), "model_bytes": weights.stat().st_size,
+              "device": backend.device,
+              "settings": {"imgsz_hw": list(size), "conf": e["conf"], "iou": e["iou"], "max_det": e["max_det"],
+                           "batch": e["batch"] if backend.batch_ok else 1, "letterbox": "ultralytics, pad 114",
+                           "category_ids": CATEGORY_IDS},
+              "sets": {}}
+    all_latency = []
+    for name, (folder, gt_file, coco_file) in sets.items():
+        gt = scoring.load_json(gt_file)
+        dets, latency = detect(backend, gt["images"], folder, size, e)
+        all_latency += latency
+        try:
+            scoring.check_ids(gt, dets)
+        except ValueError as err:
+            raise UserError(f"set {name}: {err}")
+        if not dets:
+            warn(STAGE, f"{fmt} on {name}: no detections at all; AP is 0 and the miss rate 100 %")
+        det_file = out_dir / f"{fmt}.{name}.detections.json"
+        files.atomic_write_text(det_file, json.dumps(dets))
+        mr = scoring.miss_rates(gt, dets)
+        result["sets"][name] = {
+            "images": len(gt["images"]), "detections": len(dets), "detections_file": paths.rel(det_file, root),
+            "coco": scoring.coco_ap(coco_file, dets),
+            "miss_rate": {k: v["MR"] for k, v in mr.items()},
+            "mr_fppi_curves": {k: {"fppi": v["fppi"], "miss_rate": v["miss_rate"]} for k, v in mr.items()},
+        }
+    lat = np.asarray(all_latency or [math.nan])
+    result["latency_ms_per_image"] = {"mean": round(float(lat.mean()), 2), "p50": round(float(np.percentile(lat, 50)), 2),
+                                      "p95": round(float(np.percentile(lat, 95)), 2),
+                                      "includes": "read, letterbox, inference, decode, NMS", "device": backend.device}
+    if fmt == "pt":
+        result["ultralytics_val"] = ultralytics_val(cfg, weights, size, root)
+    result.update(started=started, finished=manifest.now(), wall_s=round(time.perf_counter() - t0, 2))
+    files.atomic_write_json(out_dir / f"{fmt}.json", result)
+    for name, s in result["sets"].items():
+        info(STAGE, f"{fmt} on {name}: AP50 {s['coco']['AP50']:.3f}, AP {s['coco']['AP']:.3f}, "
+                    f"MR-2 Reasonable {100 * s['miss_rate']['Reasonable']:.2f} %  ({s['images']} images, "
+                    f"{result['latency_ms_per_image']['mean']:.1f} ms/image)")
+    return result
+
+
+def ultralytics_val(cfg, weights: Path, size, root: Path) -> dict:
+    """ultralytics' own mAP on the same split, reported beside the pycocotools one so users see that
+    they differ (its own matching and interpolation, rect batches, its own NMS settings)."""
+    from services.common import yolo_env
+    yolo_env.prepare(root)
+    from ultralytics import YOLO
+    data = paths.yolo_dir(cfg["dataset"]["name"], root) / f"{cfg['dataset']['name']}.yaml"
+    r = YOLO(str(weights)).val(data=str(data), split="test", imgsz=max(size), batch=cfg["evaluate"]["batch"],
+                               device="cpu", plots=False, verbose=False, save_json=False)
+    return {"mAP50": float(r.box.map50), "mAP50-95": float(r.box.map), "split": "test (the official val)",
+            "note": "ultralytics' internal metric, not pycocotools: for comparison only"}
+
+
+def write_summary(metrics_dir: Path, root: Path) -> None:
+    """summary.md: one row per format and set, with the AP50 drop relative to pt."""
+    rows, base = [], {}
+    order = ["pt", "onnx", "onnx-rknn-head", "rknn"]
+    found = sorted(metrics_dir.glob("*.json"), key=lambda p: (order.index(p.stem) if p.stem in order else 99, p.stem))
+    for p in found:
+        m = files.read_json(p)
+        if not m or "sets" not in m:
+            continue
+        for name, s in m["sets"].items():
+            if m["format"] == "pt":
+                base[name] = s["coco"]["AP50"]
+            drop = (f"{s['coco']['AP50'] - base[name]:+.3f}" if name in base and m["format"] != "pt" else "")
+            rows.append([m["format"], name, s["images"], f"{s['coco']['AP50']:.3f}", f"{s['coco']['AP']:.3f}",
+                         drop, f"{100 * s['miss_rate']['Reasonable']:.2f}", f"{100 * s['miss_rate']['All']:.2f}",
+                         f"{m['latency_ms_per_image']['mean']:.1f}", f"{m['model_bytes'] / 1e6:.1f}"])
+    headers = ["format", "set", "images", "AP50", "AP50-95", "ΔAP50 vs pt", "MR-2 Reasonable %", "MR-2 All %",
+               "ms/image", "MB"]
+    md = ["# Evaluation summary", "",
+          "AP50 and AP50-95: pycocotools COCO bbox AP. MR-2: the official CityPersons log-average miss rate "
+          "(lower is better). Latency: read + letterbox + inference + decode + NMS, per image, on the device "
+          "named in each metrics file.", "",
+          "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    md += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    files.atomic_write_text(metrics_dir / "summary.md", "\n".join(md) + "\n")
+    print(table(headers, rows, title=f"\n{paths.rel(metrics_dir / 'summary.md', root)}"))

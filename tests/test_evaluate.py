@@ -1,0 +1,124 @@
+"""The evaluation stage: shared pre/post-processing, pycocotools AP, the miss rate, bad input."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, copy_dataset, error_lines, run_module
+from services.evaluate import core, scoring
+
+DEMO = str(ROOT / "configs" / "demo.yaml")
+AP50_BAR = 0.8
+
+
+def test_letterbox_is_pixel_identical_to_ultralytics():
+    from ultralytics.data.augment import LetterBox
+    rng = np.random.default_rng(0)
+    for shape, size in (((256, 512, 3), (256, 256)), ((1024, 2048, 3), (384, 640)), ((100, 60, 3), (128, 96))):
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        ours, r, (left, top) = core.letterbox(image, size)
+        theirs = LetterBox(new_shape=size, auto=False, scaleup=True, center=True)(image=image)
+        assert ours.shape == theirs.shape and np.array_equal(ours, theirs), (shape, size)
+
+
+def test_decode_and_nms_agree_with_ultralytics():
+    import torch
+    from ultralytics.utils.nms import non_max_suppression
+    rng = np.random.default_rng(1)
+    anchors = 500
+    xy = rng.uniform(0, 256, (anchors, 2))
+    wh = rng.uniform(5, 60, (anchors, 2))
+    raw = np.concatenate([xy, wh, rng.uniform(0, 1, (anchors, 1)) ** 4], 1).T.astype(np.float32)  # (5, A)
+    boxes, scores, cls = core.decode(raw, conf=0.001, iou=0.7, max_det=300)
+    ref = non_max_suppression(torch.from_numpy(raw[None]), conf_thres=0.001, iou_thres=0.7, max_det=300)[0].numpy()
+    order = np.argsort(-ref[:, 4], kind="stable")
+    assert len(boxes) == len(ref)
+    np.testing.assert_allclose(boxes, ref[order, :4], atol=1e-3)
+    np.testing.assert_allclose(scores, ref[order, 4], atol=1e-6)
+
+
+def test_boxes_scale_back_to_original_pixels():
+    image = np.zeros((256, 512, 3), np.uint8)
+    _, meta = core.preprocess(image, (256, 256))  # scale 0.5, 64 px pad above and below
+    back = core.scale_boxes(np.array([[0.0, 64.0, 256.0, 192.0], [-10, 0, 300, 300]]), meta)
+    np.testing.assert_allclose(back, [[0, 0, 512, 256], [0, 0, 512, 256]])
+
+
+# ------------------------------------------------------------------------------ the demo run
+def metrics(root, fmt="pt"):
+    return json.loads((root / "artifacts" / "demo" / "metrics" / f"{fmt}.json").read_text())
+
+
+def test_demo_pt_metrics_meet_the_bar_and_match_pycocotools_exactly(demo_run):
+    root, _ = demo_run
+    m = metrics(root)
+    val = m["sets"]["val"]
+    print(f"demo val, pycocotools: AP50 {val['coco']['AP50']:.4f}, AP50-95 {val['coco']['AP']:.4f}; "
+          f"MR-2 {', '.join(f'{k} {100 * v:.2f} %' for k, v in val['miss_rate'].items())}; "
+          f"ultralytics mAP50 {m['ultralytics_val']['mAP50']:.4f}")
+    assert val["images"] == 60 and val["detections"] > 0
+    assert val["coco"]["AP50"] >= AP50_BAR
+    assert set(val["miss_rate"]) == {"Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All"}
+    assert m["latency_ms_per_image"]["p95"] >= m["latency_ms_per_image"]["p50"] > 0
+    assert m["model_bytes"] == (root / "artifacts/demo/weights/best.pt").stat().st_size
+    assert m["settings"]["conf"] == 0.001 and "note" in m["ultralytics_val"]
+
+    # the same detections scored by a direct pycocotools run give exactly the same numbers
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    gt = COCO(str(root / "datasets/demo/yolo/val_coco.json"))
+    dets = json.loads((root / val["detections_file"]).read_text())
+    e = COCOeval(gt, gt.loadRes(dets), "bbox")
+    e.evaluate(), e.accumulate(), e.summarize()
+    assert [val["coco"][k] for k in scoring.COCO_STATS] == [float(x) for x in e.stats]
+
+    summary = (root / "artifacts/demo/metrics/summary.md").read_text()
+    assert "| pt | val | 60 |" in summary and "MR-2 Reasonable" in summary
+
+
+def test_up_to_date_metrics_are_not_recomputed(demo_run):
+    root, _ = demo_run
+    before = metrics(root)["finished"]
+    proc = run_module("evaluate", ["--config", DEMO], root)
+    assert proc.returncode == 0 and "is up to date" in proc.stdout
+    assert metrics(root)["finished"] == before
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_scoring_bad_input():
+    gt = {"images": [{"id": 1}, {"id": 2}], "categories": [{"id": 1, "name": "pedestrian"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 80], "height": 80,
+                           "vis_ratio": 1.0, "ignore": 0, "iscrowd": 0, "area": 2400}]}
+    with pytest.raises(ValueError, match=r"not in the ground truth, e.g. \[7, 9\]"):
+        scoring.check_ids(gt, [{"image_id": 7, "category_id": 1}, {"image_id": 9, "category_id": 1}])
+    with pytest.raises(ValueError, match=r"category id\(s\) \[3\]"):
+        scoring.check_ids(gt, [{"image_id": 1, "category_id": 3}])
+    empty = scoring.miss_rates(gt, [])  # 100 % missed where there is something to miss
+    assert empty["Reasonable"]["MR"] == empty["All"]["MR"] == 1.0
+
+
+def test_empty_detection_set_gives_zero_ap_and_a_warning(demo_run, tmp_path):
+    root, _ = demo_run
+    coco = scoring.coco_ap(root / "datasets/demo/yolo/val_coco.json", [])
+    assert coco["AP"] == 0.0 and coco["AP50"] == 0.0
+
+
+def test_stage_bad_input(demo_run, tmp_path):
+    root = copy_dataset(demo_run[0], tmp_path)
+    proc = run_module("evaluate", ["--config", DEMO], root)
+    line = error_lines(proc)
+    assert proc.returncode == 2 and len(line) == 1 and "run `make fit` first" in line[0]
+    (root / "artifacts/demo/weights").mkdir(parents=True)
+    (root / "artifacts/demo/weights/model.onnx").write_bytes(b"junk")
+    proc = run_module("evaluate", ["--config", DEMO, "evaluate.format=pt",
+                                   "evaluate.weights=artifacts/demo/weights/model.onnx"], root)
+    line = error_lines(proc)
+    assert proc.returncode == 2 and "evaluate.format=pt but" in line[0] and "not a .pt file" in line[0]
+    proc = run_module("evaluate", ["--config", DEMO, "evaluate.format=onnx",
+                                   "evaluate.weights=artifacts/demo/weights/model.onnx"], root)
+    line = error_lines(proc)
+    assert proc.returncode == 2 and "not a loadable ONNX model" in line[0]
+    empty = tmp_path / "empty"
+    proc = run_module("evaluate", ["--config", DEMO, "evaluate.format=pt"], empty)
+    line = error_lines(proc)
+    assert proc.returncode == 2 and "run `make dataset` first" in line[0]
