@@ -47,7 +47,7 @@ endef
 # The local environment a stage needs, built on first use (RUNNER=local only).
 needs = $(if $(filter local,$(RUNNER)),$(VENV)/$(1)/.installed)
 
-.PHONY: help demo train dataset fit evaluate tensorboard setup test test-deps lock
+.PHONY: help demo train dataset fit evaluate export rknn tensorboard setup test test-deps lock
 
 help: ## targets and variables
 	@echo "Usage: make <target> [EXP=<name>] [ARGS=\"section.key=value ...\"] [RUNNER=docker|local] [FORCE=1]"
@@ -66,8 +66,8 @@ help: ## targets and variables
 demo: ## the whole chain on the embedded demo data, on CPU (make train EXP=demo)
 	@$(MAKE) --no-print-directory train EXP=demo RUNNER=$(RUNNER) RUNNER_WHY="$(RUNNER_WHY)"
 
-train: ## the whole chain for EXP: dataset -> fit -> evaluate (export, rknn join as they land)
-	@for stage in dataset fit evaluate; do \
+train: ## the whole chain for EXP: dataset -> fit -> evaluate -> export -> rknn
+	@for stage in dataset fit evaluate export rknn; do \
 	  $(MAKE) --no-print-directory $$stage RUNNER=$(RUNNER) RUNNER_WHY="$(RUNNER_WHY)" || \
 	  { echo "train: stopped at stage '$$stage' (see its message above)" >&2; exit 1; }; done
 
@@ -79,6 +79,13 @@ fit: $(call needs,train) ## train YOLO on the dataset: resumes an unfinished run
 
 evaluate: $(call needs,train) ## COCO AP (pycocotools) and CityPersons miss rate for every model format so far
 	$(call run_stage,evaluate,evaluate,train)
+
+export: $(call needs,train) ## best.pt -> ONNX (standard and RKNN-friendly heads), then evaluate both
+	$(call run_stage,export,export,train)
+	$(call run_stage,evaluate,evaluate,train)
+
+rknn: $(call needs,convert) ## rknn-head ONNX -> INT8 .rknn, quantization report, simulator evaluation, board bundle
+	$(call run_stage,convert,convert,convert)
 
 TB_PORT ?= 6006
 tensorboard: $(call needs,train) ## serve runs/ on http://127.0.0.1:$(TB_PORT), during and after training
@@ -99,7 +106,7 @@ $(VENV)/%/.installed: requirements/%.lock
 	@$(VENV)/$*/bin/python -m pip check
 	@touch $@
 
-test: $(VENV)/train/.installed test-deps ## build what the tests need, then run the whole suite (it runs the demo chain)
+test: $(VENV)/train/.installed $(VENV)/convert/.installed test-deps ## build what the tests need, then run the whole suite (it runs the demo chain)
 	$(VENV)/train/bin/python -m pytest tests
 
 # The TensorBoard dashboard is checked in a real headless browser: Debian's chromium.

@@ -72,7 +72,7 @@ def test_demo_converts_with_the_default_policy(tmp_path, demo_raw):
     labelled = sum(len(p.read_text().splitlines()) for p in out.glob("*/labels/*.txt"))
     assert labelled == sum(s["boxes"] for s in c.values()) == by_class["pedestrian"] - sum(
         s["degenerate"] for s in c.values())
-    assert (out / "demo.yaml").is_file() and len((out / "calib.txt").read_text().splitlines()) == 20
+    assert (out / "demo.yaml").is_file() and len((out / "calib.txt").read_text().splitlines()) == 100
     gt = json.loads((out / "val_gt.json").read_text())
     assert len(gt["images"]) == 60 and {i["width"] for i in gt["images"]} == {512}
 

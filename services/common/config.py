@@ -21,7 +21,13 @@ DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 CHOICES = {
     "dataset.positives": ["pedestrian", "rider", "sitting", "other", "group"],
     "dataset.link": ["auto", "hardlink", "symlink", "copy"],
-    "evaluate.format": ["all", "pt", "onnx"],
+    "evaluate.format": ["all", "pt", "onnx", "onnx-rknn-head"],
+    "export.simplify": ["onnxslim", "onnxsim", "none"],
+    # rknn-toolkit2 2.3.2's list of targets (rknn.api.RKNN.config)
+    "convert.platform": ["rk3588", "rk3576", "rk3568", "rk3566", "rk3562", "rk2118", "rv1126b", "rv1106b",
+                         "rv1106", "rv1103b", "rv1103"],
+    "convert.dtype": ["int8", "fp16"],
+    "convert.algorithm": ["normal", "mmse", "kl_divergence"],
     "evaluate.sets": ["val"],
     "train.optimizer": ["SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop"],
 }
@@ -45,6 +51,8 @@ RANGES = {
     "evaluate.iou": (0.0, 1.0, True),
     "evaluate.max_det": (1, 100_000, True),
     "evaluate.batch": (1, 1024, True),
+    "export.opset": (7, 21, True),
+    "convert.analysis_images": (1, 100, True),
 }
 NAME_KEYS = {"dataset.name"}  # become folder names
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -95,3 +95,11 @@ def to_coco(image_id: int, boxes: np.ndarray, scores: np.ndarray, cls: np.ndarra
              "bbox": [round(float(b[0]), 2), round(float(b[1]), 2), round(float(b[2] - b[0]), 2),
                       round(float(b[3] - b[1]), 2)], "score": round(float(s), 5)}
             for b, s, c in zip(boxes, scores, cls)]
+
+
+def join_rknn_head(boxes: np.ndarray, scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The quantization-friendly head's two outputs -> the standard (N, 4 + classes, anchors) layout:
+    boxes come normalised by (w, h, w, h) and go back to input pixels."""
+    h, w = size
+    scale = np.array([w, h, w, h], dtype=np.float32).reshape(1, 4, 1)
+    return np.concatenate([boxes * scale, scores], axis=1)

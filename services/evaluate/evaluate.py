@@ -66,18 +66,23 @@ class OnnxBackend:
         self.device = f"onnxruntime CPU ({manifest.cpu_name()})"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input: x})[0]
+        out = self.session.run(None, {self.input: x})
+        if len(out) == 2:  # the rknn head: normalised boxes and scores as separate outputs
+            return core.join_rknn_head(out[0], out[1], x.shape[2:])
+        return out[0]
 
 
 def backend_for(fmt: str, weights: Path):
     if not weights.is_file():
         hint = "run `make fit`" if fmt == "pt" else "run `make export`"
         raise UserError(f"no {fmt} model at {paths.rel(weights)}; {hint} first, or set evaluate.weights=PATH")
-    suffix = {"pt": ".pt", "onnx": ".onnx"}[fmt]
+    suffix = ".pt" if fmt == "pt" else ".onnx"
     if weights.suffix != suffix:
         raise UserError(f"evaluate.format={fmt} but {paths.rel(weights)} is not a {suffix} file; "
                         f"set evaluate.format to match the weights")
-    return TorchBackend(weights) if fmt == "pt" else OnnxBackend(weights)
+    backend = TorchBackend(weights) if fmt == "pt" else OnnxBackend(weights)
+    backend.name = fmt
+    return backend
 
 
 # ---------------------------------------------------------------------------------------- sets
@@ -124,7 +129,8 @@ def detect(backend, images: list[dict], folder: Path, size, e: dict):
 def formats_to_run(cfg: dict, root: Path) -> list[tuple[str, Path]]:
     e, exp = cfg["evaluate"], cfg["experiment"]
     art = paths.artifacts_dir(exp, root)
-    default = {"pt": art / "weights" / "best.pt", "onnx": art / "models" / f"{exp}.onnx"}
+    default = {"pt": art / "weights" / "best.pt", "onnx": art / "models" / f"{exp}.onnx",
+               "onnx-rknn-head": art / "models" / f"{exp}.rknn-head.onnx"}
     if e["format"] != "all":
         weights = Path(e["weights"]) if e["weights"] else default[e["format"]]
         return [(e["format"], weights if weights.is_absolute() else root / weights)]
@@ -141,14 +147,17 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> list[dict]:
     return results
 
 
-def evaluate_one(cfg: dict, fmt: str, weights: Path, root: Path, force: bool = False) -> dict:
+def evaluate_one(cfg: dict, fmt: str, weights: Path, root: Path, force: bool = False, backend=None,
+                 size=None) -> dict:
+    """Metrics for one model. The convert stage passes its own backend (the RKNN simulator) and the
+    input size the model was built for."""
     e = cfg["evaluate"]
-    size = core.input_size(e["imgsz"] or cfg["train"]["imgsz"])
+    size = size or core.input_size(e["imgsz"] or cfg["export"]["imgsz"] or cfg["train"]["imgsz"])
     if size[0] % 32 or size[1] % 32:
         raise UserError(f"evaluate.imgsz={list(size)}: height and width must be multiples of 32 (the stride)")
     sets = evaluation_sets(cfg, root)
     out_dir = paths.artifacts_dir(cfg["experiment"], root) / "metrics"
-    if not weights.is_file():
+    if not weights.is_file() and backend is None:
         backend_for(fmt, weights)  # says what to run first
     fingerprint = {"evaluator_version": EVALUATOR_VERSION, "evaluate": e, "imgsz_hw": list(size),
                    "weights_sha256": files.sha256_file(weights),
@@ -159,7 +168,7 @@ def evaluate_one(cfg: dict, fmt: str, weights: Path, root: Path, force: bool = F
         info(STAGE, f"{paths.rel(out_dir / (fmt + '.json'), root)} is up to date (same model, sets and "
                     f"settings); FORCE=1 evaluates again")
         return old
-    backend = backend_for(fmt, weights)
+    backend = backend or backend_for(fmt, weights)
     started, t0 = manifest.now(), time.perf_counter()
     result = {**manifest.provenance(STAGE, cfg, ["numpy", "onnxruntime", "torch", "pycocotools",
                                                    "faster-coco-eval", "opencv-python"]),

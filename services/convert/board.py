@@ -1,0 +1,57 @@
+"""The board bundle: everything an RK3588 needs to run the model, in artifacts/<exp>/board/."""
+import json
+import shutil
+from pathlib import Path
+
+from services.common import files, manifest, paths
+
+HERE = Path(__file__).resolve().parent
+
+
+def write_bundle(cfg: dict, model: Path, size, toolkit_version: str, root: Path) -> Path:
+    e, exp = cfg["evaluate"], cfg["experiment"]
+    out = paths.artifacts_dir(exp, root) / "board"
+    with files.build_dir(out) as build:
+        shutil.copyfile(model, build.path / model.name)
+        (build.path / "labels.txt").write_text("person\n")
+        shutil.copyfile(HERE / "board_detect.py", build.path / "detect.py")
+        # the very letterbox/decode/NMS the simulator evaluation used
+        shutil.copyfile(HERE.parent / "evaluate" / "core.py", build.path / "yolo_core.py")
+        bundle = {"experiment": exp, "model": model.name, "imgsz_hw": list(size), "toolkit_version": toolkit_version,
+                  "platform": cfg["convert"]["platform"], "dtype": cfg["convert"]["dtype"], "iou": e["iou"],
+                  "max_det": e["max_det"], "category_ids": [1], "labels": ["person"],
+                  "outputs": {"boxes": "(1, 4, anchors): cx, cy, w, h / (w, h, w, h)",
+                              "scores": "(1, 1, anchors)"},
+                  "input": f"(1, {size[0]}, {size[1]}, 3) uint8 RGB, letterboxed (grey 114); normalised inside",
+                  "git": manifest.git_state(), "built": manifest.now()}
+        (build.path / "bundle.json").write_text(json.dumps(bundle, indent=2) + "\n")
+        (build.path / "README.md").write_text(README.format(exp=exp, model=model.name, h=size[0], w=size[1],
+                                                            tk=toolkit_version, platform=cfg["convert"]["platform"]))
+    return out
+
+
+README = """# {exp} on the {platform} NPU
+
+Built with rknn-toolkit2 {tk}; input {h}x{w} (letterboxed), INT8 unless the file name says fp16.
+`detect.py` decodes exactly as the simulator evaluation that produced ../metrics/rknn.json.
+
+## On the board (Debian/Ubuntu image with the Rockchip NPU driver)
+
+```bash
+# once: the runtime library and the Python runtime, both {tk} (or newer)
+#   librknnrt.so  -> /usr/lib/librknnrt.so   (rknn-toolkit2 repository, rknpu2/runtime/Linux/librknn_api/aarch64/)
+pip3 install rknn-toolkit-lite2=={tk} opencv-python-headless numpy
+# copy this folder to the board, then:
+python3 detect.py street.jpg --out results/          # draws boxes, prints NPU latency per image
+python3 detect.py images/ --out results/             # a folder
+python3 detect.py video.mp4 --out frames/            # a video, frame by frame
+python3 detect.py val/images/ --conf 0.001 --json board_results.json --gt val_gt.json
+```
+
+The last command writes COCO results for the CityPersons val images (copy `val/images/` and
+`val_gt.json` from datasets/citypersons/yolo/). Score them on a PC with the project's evaluator to
+compare the board with the simulator. `detect.py` warns when the board's runtime is older than {tk}.
+
+Files: {model} (the model), labels.txt, detect.py, yolo_core.py (letterbox, decode, NMS), bundle.json
+(input size, outputs, toolkit version, commit).
+"""

@@ -1,0 +1,228 @@
+"""RKNN conversion (convert environment: rknn-toolkit2 on x86_64).
+
+artifacts/<exp>/models/<exp>.rknn-head.onnx -> artifacts/<exp>/models/<exp>_<int8|fp16>_<platform>.rknn
+then, in the same process (the simulator runs only a model built in the process that built it):
+  metrics/quantization.json   per output: cosine similarity and relative error, INT8 vs float
+  metrics/rknn.json           the evaluator's metrics with the RKNN simulator as backend
+  board/                      the .rknn, labels, the board script and its README
+"""
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from services.common import files, manifest, paths
+from services.common.log import UserError, info, table
+from services.evaluate import core, evaluate
+
+STAGE = "rknn"
+
+
+def check_onnx(path: Path, root: Path) -> tuple[int, int]:
+    """Static (1, 3, h, w) input and an opset the toolkit takes; returns (h, w)."""
+    import onnx
+    if not path.is_file():
+        raise UserError(f"no {paths.rel(path, root)} yet; run `make export` first")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise UserError(f"{paths.rel(path, root)} is not a readable ONNX model ({type(e).__name__}); "
+                        f"export it again (`make export FORCE=1`)")
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if not 7 <= opset <= 19:
+        raise UserError(f"{paths.rel(path, root)} uses opset {opset}, which rknn-toolkit2 refuses; "
+                        f"export again with export.opset=12")
+    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in
+            model.graph.input[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims) or dims[0] != 1 or dims[1] != 3:
+        raise UserError(f"{paths.rel(path, root)} has input shape {dims}; the NPU needs a static (1, 3, h, w) "
+                        f"input: export again without dynamic axes (`make export`)")
+    return dims[2], dims[3]
+
+
+def calibration_images(cfg: dict, root: Path) -> list[Path]:
+    c = cfg["convert"]
+    listing = root / c["calibration"] if c["calibration"] else \
+        paths.yolo_dir(cfg["dataset"]["name"], root) / "calib.txt"
+    if not listing.is_file():
+        raise UserError(f"no calibration list {paths.rel(listing, root)}; run `make dataset` (it writes calib.txt) "
+                        f"or set convert.calibration=PATH")
+    images = [root / line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    bad = [p for p in images if cv2.imread(str(p)) is None]
+    if bad or not images:
+        shown = ", ".join(paths.rel(p, root) for p in bad[:3])
+        raise UserError(f"calibration list {paths.rel(listing, root)}: {len(bad)} of {len(images)} image(s) missing "
+                        f"or unreadable ({shown or 'the list is empty'}); rebuild it with `make dataset FORCE=1`")
+    return images
+
+
+def letterboxed_copies(images: list[Path], size, cache: Path) -> list[Path]:
+    """The calibration images pre-processed exactly as at inference (letterboxed to the input size),
+    cached by size, so the quantizer sees what the NPU will see."""
+    cache.mkdir(parents=True, exist_ok=True)
+    out = []
+    for p in images:
+        target = cache / (p.stem + ".png")
+        if not target.is_file():
+            padded, _, _ = core.letterbox(cv2.imread(str(p)), size)
+            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}.png")
+            cv2.imwrite(str(tmp), padded)  # the toolkit reads image files as RGB (quant_img_RGB2BGR=False)
+            os.replace(tmp, target)
+        out.append(target)
+    return out
+
+
+def toolkit_call(what: str, ret) -> None:
+    if ret != 0:
+        raise UserError(f"rknn-toolkit2 {what} failed (code {ret}); its messages are above")
+
+
+class RknnSimBackend:
+    """The evaluator's backend for the RKNN simulator: the model takes letterboxed uint8 RGB NHWC and
+    normalises it itself (mean 0, std 255, set at build time)."""
+
+    name, batch_ok = "rknn", False
+
+    def __init__(self, rknn, size):
+        self.rknn, self.size = rknn, size
+        self.device = f"rknn-toolkit2 simulator on x86_64 ({manifest.cpu_name()})"
+        self.max_score = 0.0
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        image = np.rint(x[0].transpose(1, 2, 0) * 255).astype(np.uint8)[None]
+        boxes, scores = self.rknn.inference(inputs=[image], data_format="nhwc")[:2]
+        self.max_score = max(self.max_score, float(np.max(scores)))
+        return core.join_rknn_head(boxes, scores, self.size)
+
+
+def float_vs_quantized(rknn, onnx_path: Path, images: list[Path]) -> dict:
+    """Per output, over the analysis images: cosine similarity and relative error (||q - f|| / ||f||) of
+    the simulator's quantized outputs against the float ONNX model run by onnxruntime."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    stats = {n: {"cosine": [], "relative_error": []} for n in names}
+    for p in images:  # already letterboxed to the input size
+        rgb = cv2.imread(str(p))[:, :, ::-1]
+        floats = session.run(None, {session.get_inputs()[0].name:
+                                    np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32) / 255})
+        quants = rknn.inference(inputs=[np.ascontiguousarray(rgb[None])], data_format="nhwc")
+        for n, f, q in zip(names, floats, quants):
+            f, q = f.ravel().astype(np.float64), q.ravel().astype(np.float64)
+            stats[n]["cosine"].append(float(f @ q / (np.linalg.norm(f) * np.linalg.norm(q) + 1e-12)))
+            stats[n]["relative_error"].append(float(np.linalg.norm(q - f) / (np.linalg.norm(f) + 1e-12)))
+    return {n: {"cosine_min": min(v["cosine"]), "cosine_mean": float(np.mean(v["cosine"])),
+                "relative_error_max": max(v["relative_error"]),
+                "relative_error_mean": float(np.mean(v["relative_error"]))} for n, v in stats.items()}
+
+
+def save_simulator_outputs(rknn, images: list[Path], size, out: Path) -> None:
+    """Raw simulator outputs for a few val images: the board script's decode is tested against them."""
+    arrays = {}
+    for i, p in enumerate(images):
+        x, _ = core.preprocess(cv2.imread(str(p)), size)
+        image = np.rint(x[0].transpose(1, 2, 0) * 255).astype(np.uint8)[None]
+        arrays[f"boxes_{i}"], arrays[f"scores_{i}"] = rknn.inference(inputs=[image], data_format="nhwc")[:2]
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.npz")
+    np.savez(tmp, names=np.array([p.name for p in images]), **arrays)
+    os.replace(tmp, out)
+
+
+def quantization_report(rknn, images: list[Path], keep_dumps: bool, out: Path) -> dict:
+    """rknn-toolkit2's accuracy analysis (float vs quantized, simulator) reduced to the model outputs."""
+    dump = Path(tempfile.mkdtemp(prefix="rknn-analysis-", dir=out.parent))
+    try:
+        toolkit_call("accuracy_analysis", rknn.accuracy_analysis(inputs=[str(p) for p in images], output_dir=str(dump)))
+        report = (dump / "error_analysis.txt").read_text()
+        outputs = {}
+        for line in report.splitlines():
+            # lines look like: "[Conv] boxes    1.00000 | 0.99812   ..." ; keep the model outputs only
+            m = re.match(r"\s*\[[^\]]*\]\s+(boxes|scores)\s+(.*)", line)
+            if m:
+                nums = [float(v) for v in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", m.group(2))]
+                outputs[m.group(1)] = {"values": nums, "line": line.strip()}
+        summary = {"images": [p.name for p in images], "outputs": outputs,
+                   "legend": report.splitlines()[:6]}
+        if keep_dumps:
+            target = out.parent / "rknn-analysis"
+            if target.exists():
+                files.move_aside(target)
+            shutil.move(str(dump), target)
+            summary["dumps"] = str(target)
+        return summary
+    finally:
+        shutil.rmtree(dump, ignore_errors=True)
+
+
+def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
+    from rknn.api import RKNN
+    c, exp = cfg["convert"], cfg["experiment"]
+    art = paths.artifacts_dir(exp, root)
+    onnx_path = art / "models" / f"{exp}.rknn-head.onnx"
+    size = check_onnx(onnx_path, root)
+    images = calibration_images(cfg, root)
+    target = art / "models" / f"{exp}_{c['dtype']}_{c['platform']}.rknn"
+    started, t0 = manifest.now(), time.perf_counter()
+    seconds = {}
+
+    t = time.perf_counter()
+    cache = art / "rknn" / f"calib-{size[0]}x{size[1]}"
+    calib = letterboxed_copies(images, size, cache)
+    listing = cache.parent / f"calib-{size[0]}x{size[1]}.txt"
+    files.atomic_write_text(listing, "".join(f"{p.resolve()}\n" for p in calib))
+    seconds["calibration_prep"] = round(time.perf_counter() - t, 2)
+
+    rknn = RKNN(verbose=False)
+    try:
+        t = time.perf_counter()
+        toolkit_call("config", rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]],
+                                           target_platform=c["platform"], quantized_algorithm=c["algorithm"],
+                                           quantized_dtype="w8a8"))
+        toolkit_call("load_onnx", rknn.load_onnx(model=str(onnx_path)))
+        toolkit_call("build", rknn.build(do_quantization=c["dtype"] == "int8", dataset=str(listing),
+                                         auto_hybrid=c["hybrid"]))
+        seconds["build"] = round(time.perf_counter() - t, 2)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        toolkit_call("export_rknn", rknn.export_rknn(str(tmp)))
+        os.replace(tmp, target)
+
+        val_images = sorted((paths.yolo_dir(cfg["dataset"]["name"], root) / "val" / "images").glob("*.png"))
+        t = time.perf_counter()
+        analysis = letterboxed_copies(val_images[:c["analysis_images"]], size, art / "rknn" / "analysis-inputs")
+        quant = quantization_report(rknn, analysis, c["keep_analysis_dumps"], art / "metrics" / "quantization.json")
+        seconds["accuracy_analysis"] = round(time.perf_counter() - t, 2)
+
+        toolkit_call("init_runtime (simulator)", rknn.init_runtime())
+        quant["float_vs_quantized"] = float_vs_quantized(rknn, onnx_path, analysis)
+        backend = RknnSimBackend(rknn, size)
+        t = time.perf_counter()
+        metrics = evaluate.evaluate_one(cfg, "rknn", target, root, force=True, backend=backend, size=size)
+        seconds["simulator_evaluation"] = round(time.perf_counter() - t, 2)
+        save_simulator_outputs(rknn, val_images[:2], size, art / "rknn" / "simulator_outputs.npz")
+    finally:
+        rknn.release()
+
+    quant.update(max_score_on_val=backend.max_score, all_scores_zero=backend.max_score == 0.0)
+    files.atomic_write_json(art / "metrics" / "quantization.json", quant)
+    from importlib import metadata
+    result = {**manifest.provenance(STAGE, cfg, ["rknn-toolkit2", "onnx", "onnxruntime", "numpy", "torch"]),
+              "onnx": paths.rel(onnx_path, root), "rknn": paths.rel(target, root), "rknn_bytes": target.stat().st_size,
+              "imgsz_hw": list(size), "calibration_images": len(calib), "seconds": seconds,
+              "toolkit_version": metadata.version("rknn-toolkit2"),
+              "started": started, "finished": manifest.now(), "wall_s": round(time.perf_counter() - t0, 2)}
+    files.atomic_write_json(art / "models" / f"{target.stem}.manifest.json", result)
+    from . import board
+    board.write_bundle(cfg, target, size, result["toolkit_version"], root)
+    val = metrics["sets"].get("val", {})
+    print(table(["model", "MB", "build s", "AP50 (simulator)", "max score", "MR-2 Reasonable %"],
+                [[paths.rel(target, root), f"{target.stat().st_size / 1e6:.1f}", seconds["build"],
+                  f"{val.get('coco', {}).get('AP50', float('nan')):.3f}", f"{backend.max_score:.3f}",
+                  f"{100 * val.get('miss_rate', {}).get('Reasonable', float('nan')):.2f}"]],
+                title="\nRKNN"))
+    evaluate.write_summary(art / "metrics", root)
+    return result

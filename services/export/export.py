@@ -1,0 +1,171 @@
+"""best.pt -> two ONNX models (static input, batch 1, the export section's opset, simplified with
+onnxslim as ultralytics does):
+
+artifacts/<exp>/models/<exp>.onnx            the standard ultralytics head, for ONNX users:
+    input  images (1, 3, h, w) float32 RGB in [0, 1]
+    output output0 (1, 4 + classes, anchors): cx, cy, w, h in input pixels, then class scores
+artifacts/<exp>/models/<exp>.rknn-head.onnx  the quantization-friendly head for RKNN INT8:
+    input  images (1, 3, h, w)
+    output boxes  (1, 4, anchors): cx, cy, w, h divided by (w, h, w, h), so in [0, 1]
+    output scores (1, classes, anchors) in [0, 1]
+  Boxes (0..imgsz) and scores (0..1) in one tensor share one INT8 scale, which rounds every score
+  to 0 (the "INT8 model detects nothing" failure); separate, normalised outputs each get their own.
+
+Parity with the PyTorch model goes into artifacts/<exp>/metrics/export.json.
+"""
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from services.common import files, manifest, paths
+from services.common.log import UserError, info, table
+from services.evaluate import core
+
+STAGE = "export"
+
+
+def load_model(weights: Path):
+    import torch
+    if not weights.is_file():
+        raise UserError(f"no {paths.rel(weights)} yet; run `make fit` first")
+    ckpt = torch.load(weights, map_location="cpu", weights_only=False)
+    model = (ckpt.get("ema") or ckpt["model"]).float().fuse().eval()
+    for m in model.modules():  # what ultralytics' exporter sets on the head: one static tensor out
+        if m.__class__.__name__ in ("Detect", "Segment", "Pose", "OBB"):
+            m.export, m.format, m.dynamic = True, "onnx", False
+    return model
+
+
+class RknnHead:
+    """Wraps the model so the head's one output becomes normalised boxes and scores."""
+
+    def __new__(cls, model, size):
+        import torch
+
+        class _Head(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+                h, w = size
+                self.register_buffer("norm", torch.tensor([w, h, w, h], dtype=torch.float32).view(1, 4, 1))
+
+            def forward(self, x):
+                y = self.model(x)
+                y = y[0] if isinstance(y, (list, tuple)) else y
+                return y[:, :4] / self.norm, y[:, 4:]
+
+        return _Head().eval()
+
+
+def export_onnx(module, size, opset: int, out: Path, output_names, simplifier: str) -> None:
+    """torch -> ONNX (legacy exporter: it honours old opsets such as 12) -> simplified, atomically."""
+    import onnx
+    import torch
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        with torch.no_grad():
+            torch.onnx.export(module, torch.zeros(1, 3, *size), str(tmp), opset_version=opset,
+                              input_names=["images"], output_names=output_names, dynamo=False,
+                              do_constant_folding=True)
+        model = onnx.load(str(tmp))
+        if simplifier == "onnxslim":
+            import onnxslim
+            model = onnxslim.slim(model)
+        elif simplifier == "onnxsim":
+            import onnxsim
+            model, ok = onnxsim.simplify(model)
+            if not ok:
+                raise UserError("onnxsim could not validate the simplified model; use export.simplify=onnxslim")
+        onnx.checker.check_model(model)
+        onnx.save(model, str(tmp))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def parity(model, size, onnx_files: dict, images: list[Path], e: dict) -> dict:
+    """Max |pt - onnx| over the raw head outputs (rknn head joined back to pixels) on val images, and
+    whether the top detections agree (same count, IoU >= 0.9 pairwise, score within 0.01)."""
+    import onnxruntime as ort
+    import torch
+    import cv2
+    sessions = {k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for k, p in onnx_files.items()}
+    out = {k: {"max_abs_diff": 0.0, "top_detections_agree": True, "images": len(images)} for k in sessions}
+    for path in images:
+        x, _ = core.preprocess(cv2.imread(str(path)), size)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x))
+        ref = (ref[0] if isinstance(ref, (list, tuple)) else ref).numpy()[0]
+        ref_top = core.decode(ref, 0.25, e["iou"], 10)
+        for k, s in sessions.items():
+            y = s.run(None, {"images": x})
+            y = (core.join_rknn_head(y[0], y[1], size) if len(y) == 2 else y[0])[0]
+            out[k]["max_abs_diff"] = max(out[k]["max_abs_diff"], float(np.abs(y - ref).max()))
+            top = core.decode(y, 0.25, e["iou"], 10)
+            agree = len(top[0]) == len(ref_top[0]) and all(
+                _iou(a, b) >= 0.9 and abs(sa - sb) <= 0.01
+                for a, b, sa, sb in zip(top[0], ref_top[0], top[1], ref_top[1]))
+            out[k]["top_detections_agree"] &= bool(agree)
+    return out
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter + 1e-9)
+
+
+def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
+    e, x = cfg["evaluate"], cfg["export"]
+    exp = cfg["experiment"]
+    art = paths.artifacts_dir(exp, root)
+    weights = art / "weights" / "best.pt"
+    size = core.input_size(x["imgsz"] or cfg["train"]["imgsz"])
+    if size[0] % 32 or size[1] % 32:
+        raise UserError(f"export.imgsz={list(size)}: height and width must be multiples of 32 (the stride)")
+    models = art / "models"
+    targets = {"onnx": models / f"{exp}.onnx", "onnx-rknn-head": models / f"{exp}.rknn-head.onnx"}
+    fingerprint = {"export": x, "imgsz_hw": list(size),
+                   "weights_sha256": files.sha256_file(weights) if weights.is_file() else None}
+    old = files.read_json(models / "manifest.json")
+    if old and old.get("fingerprint") == fingerprint and all(p.is_file() for p in targets.values()) and not force:
+        info(STAGE, f"{paths.rel(models, root)} is up to date (same best.pt and export settings); FORCE=1 exports again")
+        return old
+    model = load_model(weights)
+    started, t0 = manifest.now(), time.perf_counter()
+    models.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    for name, target in targets.items():
+        t = time.perf_counter()
+        if name == "onnx":
+            export_onnx(model, size, x["opset"], target, ["output0"], x["simplify"])
+        else:
+            export_onnx(RknnHead(model, size), size, x["opset"], target, ["boxes", "scores"], x["simplify"])
+        timings[name] = round(time.perf_counter() - t, 2)
+    val_images = sorted((paths.yolo_dir(cfg["dataset"]["name"], root) / "val" / "images").glob("*.png"))[:8]
+    checks = parity(model, size, targets, val_images, e) if val_images else {}
+    result = {**manifest.provenance(STAGE, cfg, ["torch", "onnx", "onnxslim", "onnxruntime", "ultralytics"]),
+              "fingerprint": fingerprint, "weights": paths.rel(weights, root), "imgsz_hw": list(size),
+              "opset": x["opset"], "simplifier": x["simplify"],
+              "models": {k: {"file": paths.rel(p, root), "bytes": p.stat().st_size,
+                             "outputs": (["output0 (1, 4+classes, anchors): cx, cy, w, h in input pixels, scores"]
+                                         if k == "onnx" else
+                                         ["boxes (1, 4, anchors): cx, cy, w, h / (w, h, w, h)",
+                                          "scores (1, classes, anchors)"])}
+                         for k, p in targets.items()},
+              "parity_vs_pt": checks, "seconds": timings, "started": started, "finished": manifest.now(),
+              "wall_s": round(time.perf_counter() - t0, 2)}
+    files.atomic_write_json(models / "manifest.json", result)
+    files.atomic_write_json(art / "metrics" / "export.json", {"parity_vs_pt": checks, "imgsz_hw": list(size),
+                                                              "opset": x["opset"]})
+    print(table(["model", "MB", "max |pt - onnx|", "top detections agree", "export s"],
+                [[paths.rel(targets[k], root), f"{targets[k].stat().st_size / 1e6:.1f}",
+                  f"{checks.get(k, {}).get('max_abs_diff', float('nan')):.2e}",
+                  checks.get(k, {}).get("top_detections_agree", "n/a"), timings[k]] for k in targets],
+                title=f"\nexport (opset {x['opset']}, {size[0]}x{size[1]}, {x['simplify']})"))
+    shutil.rmtree(models / "__pycache__", ignore_errors=True)
+    return result

@@ -1,0 +1,112 @@
+"""Export (ONNX) and RKNN conversion on the demo run: parity, quantization sanity, the board bundle."""
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, copy_dataset, error_lines, run_module, stage_env
+
+DEMO = str(ROOT / "configs" / "demo.yaml")
+CONVERT_PY = ROOT / ".venv" / "convert" / "bin" / "python"
+
+
+def metrics(root: Path, fmt: str) -> dict:
+    return json.loads((root / "artifacts" / "demo" / "metrics" / f"{fmt}.json").read_text())
+
+
+def ap50(root, fmt):
+    return metrics(root, fmt)["sets"]["val"]["coco"]["AP50"]
+
+
+def test_export_writes_both_heads_with_parity(demo_run):
+    root, _ = demo_run
+    models = root / "artifacts" / "demo" / "models"
+    import onnx
+    for name, outputs in (("demo.onnx", ["output0"]), ("demo.rknn-head.onnx", ["boxes", "scores"])):
+        m = onnx.load(str(models / name))
+        assert [o.name for o in m.graph.output] == outputs
+        assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) == 12
+        dims = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+        assert dims == [1, 3, 256, 256]  # static, batch 1
+    parity = json.loads((root / "artifacts/demo/metrics/export.json").read_text())["parity_vs_pt"]
+    for head in ("onnx", "onnx-rknn-head"):
+        assert parity[head]["max_abs_diff"] < 0.05 and parity[head]["top_detections_agree"] is True
+    print(f"demo AP50: pt {ap50(root, 'pt'):.4f}, onnx {ap50(root, 'onnx'):.4f}, "
+          f"onnx-rknn-head {ap50(root, 'onnx-rknn-head'):.4f}, rknn {ap50(root, 'rknn'):.4f}")
+    assert abs(ap50(root, "pt") - ap50(root, "onnx")) <= 0.005
+
+
+def test_int8_rknn_keeps_its_accuracy(demo_run):
+    root, _ = demo_run
+    rknn_file = root / "artifacts/demo/models/demo_int8_rk3588.rknn"
+    assert rknn_file.stat().st_size > 1_000_000
+    quant = json.loads((root / "artifacts/demo/metrics/quantization.json").read_text())
+    assert quant["all_scores_zero"] is False and quant["max_score_on_val"] > 0.5
+    assert set(quant["outputs"]) == {"boxes", "scores"}
+    assert not list((root / "artifacts/demo/metrics").glob("rknn-analysis*"))  # dumps deleted by default
+    assert ap50(root, "rknn") >= 0.97 * ap50(root, "onnx-rknn-head")
+    summary = (root / "artifacts/demo/metrics/summary.md").read_text()
+    for fmt in ("pt", "onnx", "onnx-rknn-head", "rknn"):
+        assert f"| {fmt} | val |" in summary
+
+
+def test_board_bundle_decodes_like_the_simulator_evaluation(demo_run):
+    root, _ = demo_run
+    board = root / "artifacts/demo/board"
+    for name in ("demo_int8_rk3588.rknn", "labels.txt", "detect.py", "yolo_core.py", "bundle.json", "README.md"):
+        assert (board / name).is_file(), name
+    bundle = json.loads((board / "bundle.json").read_text())
+    assert bundle["toolkit_version"] in (board / "README.md").read_text()
+    sys.path.insert(0, str(board))
+    try:
+        detect = importlib.import_module("detect")  # rknnlite is imported only when it runs on a board
+    finally:
+        sys.path.remove(str(board))
+    sim = np.load(root / "artifacts/demo/rknn/simulator_outputs.npz")
+    evaluated = json.loads((root / metrics(root, "rknn")["sets"]["val"]["detections_file"]).read_text())
+    gt = json.loads((root / "datasets/demo/yolo/val_gt.json").read_text())
+    ids = {im["im_name"]: im["id"] for im in gt["images"]}
+    import cv2
+    for i, name in enumerate(sim["names"]):
+        image = cv2.imread(str(root / "datasets/demo/yolo/val/images" / str(name)))
+        _, meta = detect.core.preprocess(image, detect.SIZE)
+        boxes, scores, cls = detect.detections([sim[f"boxes_{i}"], sim[f"scores_{i}"]], meta, 0.001,
+                                               bundle["iou"], bundle["max_det"])
+        ours = detect.core.to_coco(ids[str(name)], boxes, scores, cls, bundle["category_ids"])
+        theirs = [d for d in evaluated if d["image_id"] == ids[str(name)]]
+        assert ours == theirs and ours
+
+
+def test_convert_bad_input(demo_run, tmp_path):
+    root = copy_dataset(demo_run[0], tmp_path)
+
+    def convert(*extra):
+        return subprocess.run([str(CONVERT_PY), "-m", "services.convert", "--config", DEMO, *extra], cwd=ROOT,
+                              env=stage_env(root), capture_output=True, text=True, timeout=600)
+
+    proc = convert()
+    assert proc.returncode == 2 and "run `make export` first" in error_lines(proc)[0]
+    proc = convert("convert.platform=rk9999")
+    assert proc.returncode == 2 and "rk3588" in error_lines(proc)[0]
+
+    models = root / "artifacts/demo/models"
+    models.mkdir(parents=True)
+    src = demo_run[0] / "artifacts/demo/models/demo.rknn-head.onnx"
+    import onnx
+    m = onnx.load(str(src))
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    onnx.save(m, str(models / "demo.rknn-head.onnx"))
+    line = error_lines(convert())[0]
+    assert "static (1, 3, h, w)" in line and "['batch', 3, 256, 256]" in line
+
+    (models / "demo.rknn-head.onnx").write_bytes(src.read_bytes())
+    victims = [root / p for p in (root / "datasets/demo/yolo/calib.txt").read_text().split()[:2]]
+    for v in victims:
+        v.unlink()
+    line = error_lines(convert())[0]
+    assert "2 of 100 image(s) missing or unreadable" in line and victims[0].name in line
+    assert not list(models.glob("*.rknn")) and not list(models.glob(".*tmp*"))
