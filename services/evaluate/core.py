@@ -43,8 +43,9 @@ def preprocess(image: np.ndarray, size: tuple[int, int]):
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Greedy NMS on xyxy boxes; indices kept, best first."""
-    order = scores.argsort()[::-1]
+    """Greedy NMS on xyxy boxes; indices kept, best first. Ties keep anchor order (a stable sort):
+    INT8 scores tie often, and numpy versions order ties differently otherwise."""
+    order = np.argsort(-scores, kind="stable")
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep = []
     while order.size:
@@ -76,7 +77,7 @@ def decode(output: np.ndarray, conf: float, iou: float, max_det: int):
         idx = np.nonzero(cls == c)[0]
         kept.append(idx[nms(boxes[idx], scores[idx], iou)])
     idx = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
-    idx = idx[scores[idx].argsort()[::-1]][:max_det]
+    idx = idx[np.argsort(-scores[idx], kind="stable")][:max_det]
     return boxes[idx], scores[idx], cls[idx]
 
 

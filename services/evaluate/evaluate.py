@@ -22,7 +22,7 @@ from services.common.log import UserError, info, table, warn
 from . import core, scoring
 
 STAGE = "evaluate"
-EVALUATOR_VERSION = 1  # bump when pre/post-processing or scoring change: metrics are then recomputed
+EVALUATOR_VERSION = 2  # bump when pre/post-processing or scoring change: metrics are then recomputed
 CATEGORY_IDS = [1]  # YOLO class 0 `person` is category 1 in val_gt.json, val_coco.json and COCO
 
 
@@ -159,7 +159,9 @@ def evaluate_one(cfg: dict, fmt: str, weights: Path, root: Path, force: bool = F
     out_dir = paths.artifacts_dir(cfg["experiment"], root) / "metrics"
     if not weights.is_file() and backend is None:
         backend_for(fmt, weights)  # says what to run first
-    fingerprint = {"evaluator_version": EVALUATOR_VERSION, "evaluate": e, "imgsz_hw": list(size),
+    # which model is the weights' checksum; the rest is what changes the numbers
+    settings = {k: e[k] for k in ("sets", "conf", "iou", "max_det", "batch")}
+    fingerprint = {"evaluator_version": EVALUATOR_VERSION, "evaluate": settings, "imgsz_hw": list(size),
                    "weights_sha256": files.sha256_file(weights),
                    "ground_truth_sha256": {n: [files.sha256_file(g), files.sha256_file(c)]
                                            for n, (_, g, c) in sets.items()}}
