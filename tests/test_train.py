@@ -105,8 +105,13 @@ def test_tensorboard_serves_the_scalars_of_the_demo_run(demo_run, tmp_path):
         assert chromium, "Debian's chromium is needed for the dashboard test (make test installs it)"
         for tag_filter, shown in (("mAP50", ["metrics/mAP50(B)", "metrics/mAP50-95(B)"]),
                                   ("train/", ["train/box_loss", "train/cls_loss", "train/dfl_loss"])):
-            text = dashboard_text(chromium, f"{base}/?tagFilter={urllib.parse.quote(tag_filter)}#timeseries",
-                                  tmp_path / f"chromium-{len(shown)}")
+            url = f"{base}/?tagFilter={urllib.parse.quote(tag_filter)}#timeseries"
+            # The page draws its cards after its own data requests; on a cold machine (first chromium
+            # start, font cache) that can outlast the virtual-time budget, so allow more on a retry.
+            for attempt, budget in enumerate((20_000, 40_000, 80_000)):
+                text = dashboard_text(chromium, url, tmp_path / f"chromium-{tag_filter[:5]}-{attempt}", budget)
+                if all(tag in text for tag in shown):
+                    break
             for tag in shown:
                 assert tag in text, f"the dashboard does not show {tag}: {text[:500]}"
             assert "demo/train" in text  # the run's name, beside its chart
@@ -115,13 +120,13 @@ def test_tensorboard_serves_the_scalars_of_the_demo_run(demo_run, tmp_path):
         tb.wait(timeout=30)
 
 
-def dashboard_text(chromium: str, url: str, profile: Path) -> str:
+def dashboard_text(chromium: str, url: str, profile: Path, budget_ms: int) -> str:
     """The dashboard as a person sees it: Debian's headless Chromium runs TensorBoard's JavaScript and
     the rendered page's text is returned (a tall window, so every chart card is drawn)."""
     dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                           "--no-first-run", "--disable-background-networking", "--disable-component-update",
                           "--disable-sync", f"--user-data-dir={profile}", "--window-size=1600,6000",
-                          "--virtual-time-budget=20000", "--dump-dom", url],
+                          f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
                          capture_output=True, text=True, timeout=180).stdout
     dom = re.sub(r"<(style|script)\b.*?</\1>", "", dom, flags=re.S)
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", dom))
