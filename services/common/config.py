@@ -76,7 +76,7 @@ def load(config_path, overrides=()) -> dict:
     if not isinstance(exp, dict):
         raise UserError(f"{path} must be a mapping of sections (dataset, train, ...); fix the file")
 
-    cfg = defaults()
+    schema, cfg = defaults(), defaults()  # the first stays untouched: the keys, types and defaults
     for section, values in exp.items():
         _check_section(section, cfg, where=str(path))
         if values is None:
@@ -84,12 +84,12 @@ def load(config_path, overrides=()) -> dict:
         if not isinstance(values, dict):
             raise UserError(f"{path}: section '{section}' must be a mapping of key: value")
         for key, value in values.items():
-            cfg[section][key] = _checked(cfg, section, key, value, where=str(path))
+            cfg[section][key] = _checked(schema, section, key, value, where=str(path))
 
     for item in overrides:
         section, key, value = _parse_override(item)
         _check_section(section, cfg, where="override")
-        cfg[section][key] = _checked(cfg, section, key, value, where="override")
+        cfg[section][key] = _checked(schema, section, key, value, where="override")
 
     cfg["experiment"] = path.stem
     return cfg
@@ -114,9 +114,9 @@ def _check_section(section, cfg, where):
                         f"sections are: {', '.join(allowed)}")
 
 
-def _checked(cfg, section, key, value, where):
+def _checked(schema, section, key, value, where):
     dotted = f"{section}.{key}"
-    base = defaults()[section]
+    base = schema[section]
     if key not in base:
         allowed = list(base) or ["(none yet)"]
         raise UserError(f"{where}: unknown key {dotted}{_did_you_mean(key, list(base))}; "

@@ -8,16 +8,25 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write beside the target and rename: readers see the old file or the new one, never half of it."""
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside `path` for a writer (ours, or a library's such as onnx.save or
+    rknn.export_rknn); rename it into place when the block succeeds, remove it when it fails.
+    Readers see the old file or the new one, never half of it. The temporary name keeps the
+    suffix, because some writers choose the format by it (cv2.imwrite) or append it (np.savez)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
-        tmp.write_text(text)
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def atomic_write_json(path: Path, obj) -> None:

@@ -6,7 +6,6 @@ then, in the same process (the simulator runs only a model built in the process 
   metrics/rknn.json           the evaluator's metrics with the RKNN simulator as backend
   board/                      the .rknn, labels, the board script and its README
 """
-import os
 import re
 import shutil
 import tempfile
@@ -70,9 +69,8 @@ def letterboxed_copies(images: list[Path], size, cache: Path) -> list[Path]:
         target = cache / (p.stem + ".png")
         if not target.is_file():
             padded, _, _ = core.letterbox(cv2.imread(str(p)), size)
-            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}.png")
-            cv2.imwrite(str(tmp), padded)  # the toolkit reads image files as RGB (quant_img_RGB2BGR=False)
-            os.replace(tmp, target)
+            with files.atomic_path(target) as tmp:
+                cv2.imwrite(str(tmp), padded)  # the toolkit reads image files as RGB (quant_img_RGB2BGR=False)
         out.append(target)
     return out
 
@@ -128,9 +126,8 @@ def save_simulator_outputs(rknn, images: list[Path], size, out: Path) -> None:
         x, _ = core.preprocess(cv2.imread(str(p)), size)
         image = np.rint(x[0].transpose(1, 2, 0) * 255).astype(np.uint8)[None]
         arrays[f"boxes_{i}"], arrays[f"scores_{i}"] = rknn.inference(inputs=[image], data_format="nhwc")[:2]
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, names=np.array([p.name for p in images]), **arrays)
-    os.replace(tmp, out)
+    with files.atomic_path(out) as tmp:
+        np.savez(tmp, names=np.array([p.name for p in images]), **arrays)
 
 
 def quantization_report(rknn, images: list[Path], keep_dumps: bool, out: Path) -> dict:
@@ -187,9 +184,8 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
         toolkit_call("build", rknn.build(do_quantization=c["dtype"] == "int8", dataset=str(listing),
                                          auto_hybrid=c["hybrid"]))
         seconds["build"] = round(time.perf_counter() - t, 2)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        toolkit_call("export_rknn", rknn.export_rknn(str(tmp)))
-        os.replace(tmp, target)
+        with files.atomic_path(target) as tmp:
+            toolkit_call("export_rknn", rknn.export_rknn(str(tmp)))
 
         val_images = sorted((paths.yolo_dir(cfg["dataset"]["name"], root) / "val" / "images").glob("*.png"))
         t = time.perf_counter()

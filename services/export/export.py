@@ -13,7 +13,6 @@ artifacts/<exp>/models/<exp>.rknn-head.onnx  the quantization-friendly head for 
 
 Parity with the PyTorch model goes into artifacts/<exp>/metrics/export.json.
 """
-import os
 import shutil
 import time
 from pathlib import Path
@@ -64,8 +63,7 @@ def export_onnx(module, size, opset: int, out: Path, output_names, simplifier: s
     """torch -> ONNX (legacy exporter: it honours old opsets such as 12) -> simplified, atomically."""
     import onnx
     import torch
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with files.atomic_path(out) as tmp:
         with torch.no_grad():
             torch.onnx.export(module, torch.zeros(1, 3, *size), str(tmp), opset_version=opset,
                               input_names=["images"], output_names=output_names, dynamo=False,
@@ -81,9 +79,6 @@ def export_onnx(module, size, opset: int, out: Path, output_names, simplifier: s
                 raise UserError("onnxsim could not validate the simplified model; use export.simplify=onnxslim")
         onnx.checker.check_model(model)
         onnx.save(model, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def parity(model, size, onnx_files: dict, images: list[Path], e: dict) -> dict:

@@ -10,7 +10,6 @@ import csv
 import gc
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -274,9 +273,8 @@ def _finish(cfg, trainer, args, run_dir, art, state, data_sum, started, t0, root
     for name in ("best.pt", "last.pt"):
         src = run_dir / "weights" / name
         if src.is_file():
-            tmp = weights / f".{name}.tmp-{os.getpid()}"
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, weights / name)
+            with files.atomic_path(weights / name) as tmp:
+                shutil.copyfile(src, tmp)
     rows = list(csv.DictReader((run_dir / "results.csv").open())) if (run_dir / "results.csv").is_file() else []
     rows = [{k.strip(): float(v) for k, v in r.items()} for r in rows]
     best = max(rows, key=lambda r: 0.1 * r.get("metrics/mAP50(B)", 0) + 0.9 * r.get("metrics/mAP50-95(B)", 0),
