@@ -13,6 +13,7 @@ EXP ?= citypersons
 CONFIG = configs/$(EXP).yaml
 ARGS ?=
 FORCE ?=
+OFFLINE ?=
 VENV ?= .venv
 PYTHON ?= python3
 COMPOSE ?= docker compose
@@ -28,7 +29,7 @@ STAGE_ARGS = --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 define run_stage
 	@echo "runner: $(RUNNER) ($(RUNNER_WHY))"
 	@$(if $(filter docker,$(RUNNER)),$(call compose_run,$(2),python -m services.$(1) $(STAGE_ARGS) $(4)),\
-	  PIPELINE_RUNNER=local $(VENV)/$(3)/bin/python -m services.$(1) $(STAGE_ARGS) $(4))
+	  PIPELINE_RUNNER=local PIPELINE_OFFLINE=$(if $(OFFLINE),1,0) $(VENV)/$(3)/bin/python -m services.$(1) $(STAGE_ARGS) $(4))
 endef
 
 # `docker compose run --rm` against podman reports exit 0 for a failed container, so run without
@@ -36,7 +37,7 @@ endef
 define compose_run
 name="$(EXP)-$(1)-$$$$"; \
 HOST_UID=$$(id -u) HOST_GID=$$(id -g) $(COMPOSE) run --name "$$name" \
-  -e PIPELINE_RUNNER=docker -e PIPELINE_GIT_COMMIT="$$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+  -e PIPELINE_RUNNER=docker -e PIPELINE_OFFLINE=$(if $(OFFLINE),1,0) -e PIPELINE_GIT_COMMIT="$$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
   -e PIPELINE_GIT_DIRTY="$$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo 1 || echo 0)" \
   $(1) $(2) || true; \
 code=$$(docker inspect -f '{{.State.ExitCode}}' "$$name" 2>/dev/null || echo 1); \
@@ -60,6 +61,7 @@ help: ## targets and variables
 	@echo "  RUNNER=...    docker: each stage in its Compose service; local: in $(VENV)/train or $(VENV)/convert"
 	@echo "                (default: docker when a Docker engine answers, else local)"
 	@echo "  FORCE=1       rerun a stage even when its manifest says inputs and config are unchanged"
+	@echo "  OFFLINE=1     never touch the network: missing downloads are listed, not fetched"
 	@echo "  FRESH=1       fit: start training anew instead of resuming (the old run is moved aside)"
 	@echo "  VENV=<dir>    where the local environments live (default: .venv)"
 
