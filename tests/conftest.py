@@ -1,10 +1,12 @@
 """Shared fixtures. Stages run against scratch project roots (PIPELINE_ROOT), never the user's
 datasets/, artifacts/ or runs/."""
+import contextlib
 import io
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,10 +36,39 @@ def run_module(module: str, args, root: Path, timeout=900, env=None) -> subproce
                           timeout=timeout)
 
 
-def make(*args, root: Path, timeout=1800) -> subprocess.CompletedProcess:
+def make(*args, root: Path, timeout=1800, env=None) -> subprocess.CompletedProcess:
     """`make ...` in the project, with the test session's environments and outputs under `root`."""
     return subprocess.run(["make", "--no-print-directory", f"VENV={Path(sys.prefix).parent}", *args],
-                          cwd=ROOT, env=stage_env(root), capture_output=True, text=True, timeout=timeout)
+                          cwd=ROOT, env={**stage_env(root), **(env or {}), "PIPELINE_ROOT": str(root)},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+class PhaseTimer:
+    """`with phase_time("what"):` records how long a phase took; the session prints them all at the
+    end (the live container test's phases: image builds, the chain, ...)."""
+
+    def __init__(self):
+        self.times, self.notes = [], []
+
+    @contextlib.contextmanager
+    def __call__(self, what: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times.append((what, time.perf_counter() - t0))
+
+
+phase_time = PhaseTimer()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if phase_time.times or phase_time.notes:
+        terminalreporter.section("phase timings")
+        for what, seconds in phase_time.times:
+            terminalreporter.write_line(f"{seconds:8.1f} s  {what}")
+        for note in phase_time.notes:
+            terminalreporter.write_line(note)
 
 
 # Make tests use the environment `make test` built; elsewhere (a bare pytest) they skip.

@@ -13,7 +13,9 @@ from .paths import ROOT
 
 
 def prepare(root: Path = ROOT, allow_downloads: bool = False) -> None:
-    config_dir = Path(root) / ".yolo"
+    # In a container the project folder is not writable by the invoking user: the image points this
+    # at a scratch folder (Dockerfile.train).
+    config_dir = Path(os.environ.get("PIPELINE_YOLO_DIR") or Path(root) / ".yolo")
     user_dir = config_dir / "Ultralytics"  # ultralytics appends this to YOLO_CONFIG_DIR
     user_dir.mkdir(parents=True, exist_ok=True)
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir)

@@ -1,0 +1,199 @@
+"""`make doctor`: can this machine run the pipeline in containers? One line per check.
+
+    python3 -m services.doctor --config configs/<exp>.yaml --image citypersons-rknn/train:<tag>
+
+Runs on the host with the standard library only (no environment to build first). Make passes the
+engine and Compose commands in DOCKER and COMPOSE, and GPU=1|0 (0: the CPU override). Exit 1 when a
+check fails, 0 when everything needed works (warnings included).
+"""
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(os.environ.get("PIPELINE_ROOT", Path(__file__).resolve().parents[2]))
+TOOLKIT_URL = "https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html"
+# The oldest driver each CUDA major version of a torch build runs on (minor-version compatibility).
+MIN_DRIVER = {13: 580, 12: 525, 11: 450}
+MIN_SHM_GB = 1.0     # below this, DataLoader workers die with "Bus error"
+MIN_DISK_GB = 40     # Cityscapes zip (11 GB) + its images + COCO val + two images of ~6 GB
+
+# What runs inside the train image: torch's view of the GPU and the container's /dev/shm.
+PROBE = ("import json, os, torch; s = os.statvfs('/dev/shm'); print(json.dumps({"
+         "'cuda': torch.cuda.is_available(), 'count': torch.cuda.device_count(), "
+         "'built_for': torch.version.cuda, 'shm_gb': s.f_frsize * s.f_blocks / 1e9}))")
+
+results = []
+
+
+def report(status: str, check: str, text: str) -> None:
+    results.append(status)
+    print(f"{status:<5} {check:<15} {text}", flush=True)
+
+
+def run(cmd: list[str], timeout=300) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return subprocess.CompletedProcess(cmd, 127, "", str(e))
+
+
+def first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "no output")
+
+
+def engine(docker: list[str]) -> bool:
+    p = run(docker + ["info", "--format", "{{.ServerVersion}}"], timeout=30)
+    if p.returncode != 0:
+        report("FAIL", "docker engine", f"no Docker engine answers (`{' '.join(docker)} info`: "
+               f"{first_line(p.stderr)}); start it, or run the stages natively with RUNNER=local")
+        return False
+    report("ok", "docker engine", f"answers (server {p.stdout.strip()})")
+    return True
+
+
+def compose_v2(compose: list[str]) -> bool:
+    p = run(compose + ["version", "--short"], timeout=30)
+    version = p.stdout.strip().lstrip("v")
+    major = int(version.split(".")[0]) if re.match(r"\d+\.", version) else 0
+    if p.returncode != 0 or major < 2:
+        report("FAIL", "compose v2", f"`{' '.join(compose[:2])} version` gave {version or first_line(p.stderr)!r}: "
+               "install the Compose v2 plugin (package docker-compose-plugin); docker-compose v1 cannot "
+               "read this file")
+        return False
+    report("ok", "compose v2", f"version {version}")
+    return True
+
+
+def in_train(compose: list[str], *command: str) -> subprocess.CompletedProcess:
+    # run --rm is fine here: the verdict comes from the output, not the exit code.
+    return run(compose + ["run", "--rm", "--no-deps", "-T", "train", *command], timeout=600)
+
+
+def gpu_checks(compose: list[str], docker: list[str], image: str, gpu: bool) -> None:
+    if run(docker + ["image", "inspect", image], timeout=30).returncode != 0:
+        report("warn", "train image", f"{image} is not built yet: `make images` builds it (a stage builds it "
+               "when missing); the checks inside it are skipped")
+        return
+    report("ok", "train image", image)
+    driver = None
+    if not gpu:
+        report("warn", "nvidia runtime", "not in use (GPU=0, the CPU override: training runs on the CPU); for "
+               f"a GPU install the NVIDIA Container Toolkit ({TOOLKIT_URL}) and restart the engine")
+    else:
+        p = in_train(compose, "nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader")
+        gpus = [line.split(",") for line in p.stdout.splitlines() if "," in line]
+        if p.returncode != 0 or not gpus:
+            report("FAIL", "nvidia runtime", f"nvidia-smi does not run in the train container "
+                   f"({first_line(p.stderr or p.stdout)}): install the NVIDIA Container Toolkit "
+                   f"({TOOLKIT_URL}) and restart the engine, or use the CPU override with GPU=0")
+        else:
+            driver = gpus[0][1].strip()
+            report("ok", "nvidia runtime", f"{len(gpus)} GPU(s) in the container: "
+                   + ", ".join(g[0].strip() for g in gpus) + f"; driver {driver}")
+    p = in_train(compose, "python", "-c", PROBE)
+    try:
+        probe = json.loads(p.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        report("FAIL", "torch in image", f"python in the train image failed: {first_line(p.stderr)}")
+        return
+    cuda_major = int(probe["built_for"].split(".")[0]) if probe["built_for"] else None
+    if gpu:
+        if probe["cuda"]:
+            report("ok", "torch gpu", f"torch sees {probe['count']} GPU(s) (built for CUDA {probe['built_for']})")
+        else:
+            report("FAIL", "torch gpu", "torch in the train image sees no GPU although nvidia-smi runs: "
+                   "check the driver line below, and that the engine was restarted after installing the toolkit")
+        if driver and cuda_major in MIN_DRIVER:
+            need, have = MIN_DRIVER[cuda_major], int(driver.split(".")[0])
+            if have < need:
+                report("FAIL", "driver vs cuda", f"driver {driver} is older than CUDA {probe['built_for']} of the "
+                       f"image needs (>= {need}): update the driver, or `make images TORCH_FLAVOUR=cu12` "
+                       "(CUDA 12, driver >= 525)")
+            else:
+                report("ok", "driver vs cuda", f"driver {driver} runs CUDA {probe['built_for']} (needs >= {need})")
+    else:
+        report("ok", "torch", f"imports in the train image (CPU; built for CUDA {probe['built_for']})")
+    if probe["shm_gb"] < MIN_SHM_GB:
+        report("FAIL", "shm", f"/dev/shm in the train container is {probe['shm_gb']:.2f} GB: DataLoader workers "
+               "will die with 'Bus error'; keep shm_size in docker-compose.yml, or set train.workers=0")
+    else:
+        report("ok", "shm", f"/dev/shm in the train container: {probe['shm_gb']:.1f} GB")
+
+
+def disk() -> None:
+    free = shutil.disk_usage(ROOT).free / 1e9
+    status = "ok" if free >= MIN_DISK_GB else "warn"
+    report(status, "free disk", f"{free:.0f} GB free under {ROOT}" + (
+        "" if free >= MIN_DISK_GB else f"; the real run needs about {MIN_DISK_GB} GB (Cityscapes, COCO val, images)"))
+
+
+def dataset_settings(config: Path) -> tuple[str, bool, bool]:
+    """(dataset name, generated demo?, COCO person listed?) from the experiment YAML. The host's
+    python may lack PyYAML, so these two keys are read with a pattern when it does."""
+    text = config.read_text()
+    try:
+        import yaml
+        d = (yaml.safe_load(text) or {}).get("dataset") or {}
+        name, demo = d.get("name", "citypersons"), bool(d.get("generate_demo", False))
+    except ImportError:
+        block = re.search(r"^dataset:\n((?:[ \t]+.*\n?|\s*\n)*)", text, re.M)
+        body = block.group(1) if block else ""
+        m = re.search(r"^\s+name:\s*([\w.-]+)", body, re.M)
+        name = m.group(1) if m else "citypersons"
+        demo = bool(re.search(r"^\s+generate_demo:\s*true", body, re.M))
+    return name, demo, "coco_person" in text
+
+
+def datasets(config: Path) -> None:
+    if not config.is_file():
+        report("FAIL", "datasets", f"{config} not found: pass EXP=<name> with configs/<name>.yaml present")
+        return
+    name, demo, coco = dataset_settings(config)
+    if demo:
+        report("ok", "datasets", f"{name}: generated on the first run (no downloads)")
+        return
+    raw = ROOT / "datasets" / name / "raw"
+    images = (raw / "leftImg8bit_trainvaltest.zip").is_file() or (raw / "leftImg8bit" / "train").is_dir()
+    missing = [f for f in ("anno_train.mat", "anno_val.mat") if not (raw / f).is_file()]
+    if not images:
+        report("FAIL", "datasets", f"datasets/{name}/raw/leftImg8bit_trainvaltest.zip is missing: it needs a "
+               "Cityscapes account (README: the data); or set CITYSCAPES_USERNAME/PASSWORD for `make dataset`")
+    elif missing:
+        report("warn", "datasets", f"datasets/{name}/raw/ lacks {', '.join(missing)}: `make dataset` downloads them")
+    else:
+        report("ok", "datasets", f"datasets/{name}/raw/ has the Cityscapes images and both annotation files")
+    if coco:
+        coco_raw = ROOT / "datasets" / "coco" / "raw"
+        if (coco_raw / "annotations" / "instances_val2017.json").is_file() and (coco_raw / "val2017").is_dir():
+            report("ok", "coco person", "datasets/coco/raw/ has val2017 and its annotations")
+        else:
+            report("warn", "coco person", "datasets/coco/raw/ lacks val2017 or instances_val2017.json: "
+                   "`make dataset` downloads them (about 1 GB)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="make doctor", description=__doc__.splitlines()[0])
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--image", required=True, help="the train image the stages would use")
+    a = p.parse_args(argv)
+    docker = shlex.split(os.environ.get("DOCKER", "docker"))
+    compose = shlex.split(os.environ.get("COMPOSE", "docker compose"))
+    gpu = os.environ.get("GPU", "1") != "0"
+    if engine(docker) and compose_v2(compose):
+        gpu_checks(compose, docker, a.image, gpu)
+    disk()
+    datasets(a.config if a.config.is_absolute() else ROOT / a.config)
+    failed = results.count("FAIL")
+    print(f"doctor: {failed} check(s) failed" if failed else "doctor: ready"
+          + (f" ({results.count('warn')} warning(s))" if results.count("warn") else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

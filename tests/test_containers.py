@@ -1,0 +1,164 @@
+"""The real Compose file, run for real: both images built from the lock files, the demo chain
+through `make train RUNNER=docker` as a non-root user, TensorBoard through `docker compose up`,
+`make doctor`, and a failing stage. Uses the machine's Docker engine, else podman's Docker API
+(tests/engine.py). The time each phase takes is printed at the end of the session."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import engine
+from conftest import ROOT, make, needs_make_venv, phase_time
+
+pytestmark = needs_make_venv
+
+UID = GID = 4242  # not root: CI runs as root, and files owned by root would prove nothing
+# Short but complete: real training in the train container, INT8 conversion in the convert one.
+CHAIN_ARGS = "train.epochs=2 dataset.calib_images=20 convert.analysis_images=1"
+
+
+@pytest.fixture(scope="module")
+def containers():
+    """Make variables and environment that point Make at a live engine."""
+    if engine.docker_answers():
+        yield {"vars": ["DOCKER=docker", f"COMPOSE={engine.COMPOSE_BIN}"], "env": dict(os.environ),
+               "docker_cli": "docker"}
+        return
+    reason = engine.why_not_podman()
+    if reason:
+        pytest.skip(f"no Docker engine answers and {reason}")
+    env = engine.podman_env()
+    with phase_time("containers: podman base image (debootstrap, once per machine)"):
+        engine.ensure_base_image(env)
+    with engine.podman_service(env) as host:
+        yield {"vars": ["DOCKER=podman", f"COMPOSE={engine.COMPOSE_BIN}", f"BASE_IMAGE={engine.BASE_IMAGE}"],
+               "env": {**env, "DOCKER_HOST": host}, "docker_cli": "docker"}
+
+
+def cmake(containers, *args, root: Path, timeout=3000):
+    proc = make(*containers["vars"], "RUNNER=docker", "GPU=0", f"HOST_UID={UID}", f"HOST_GID={GID}",
+                *args, root=root, timeout=timeout, env=containers["env"])
+    return proc
+
+
+def image_tags(containers, root) -> dict:
+    out = cmake(containers, "print-images", root=root).stdout
+    return dict(line.split("=", 1) for line in out.split() if "=" in line)
+
+
+@pytest.fixture(scope="module")
+def chain(containers, tmp_path_factory):
+    root = tmp_path_factory.mktemp("containers")
+    for d in ("datasets", "artifacts", "runs"):
+        (root / d).mkdir()
+        os.chown(root / d, UID, GID)
+    tags = image_tags(containers, root)
+    docker = containers["vars"][0].split("=")[1]
+    missing = {k: subprocess.run([docker, "image", "inspect", v], capture_output=True).returncode != 0
+               for k, v in tags.items()}
+    with phase_time("containers: make wheels (every locked package, for LOCAL_WHEELS=1)"):
+        p = make("wheels", root=root, timeout=1800)
+        assert p.returncode == 0, p.stderr[-2000:]
+    with phase_time("containers: first stage (dataset), building the train image if missing"):
+        first = cmake(containers, "dataset", "EXP=demo", f"ARGS={CHAIN_ARGS}", "LOCAL_WHEELS=1", root=root)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    with phase_time("containers: make train EXP=demo (fit, evaluate, export, rknn; convert image if missing)"):
+        proc = cmake(containers, "train", "EXP=demo", f"ARGS={CHAIN_ARGS}", "LOCAL_WHEELS=1", root=root)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return {"root": root, "first": first, "proc": proc, "tags": tags, "missing": missing, "docker": docker}
+
+
+def test_missing_images_are_built_first(chain):
+    out = chain["first"].stdout + chain["proc"].stdout
+    for kind, tag in chain["tags"].items():
+        if chain["missing"][kind]:
+            assert f"images: {tag} is not built yet; building it first" in out
+        assert subprocess.run([chain["docker"], "image", "inspect", tag], capture_output=True).returncode == 0
+
+
+def test_chain_in_containers_writes_every_artifact_as_the_invoking_user(chain):
+    root = chain["root"]
+    out = chain["proc"].stdout
+    assert "runner: docker (as asked)" in out
+    art = root / "artifacts" / "demo"
+    for f in ("weights/best.pt", "models/demo.onnx", "models/demo.rknn-head.onnx", "models/demo.rknn",
+              "metrics/pt.json", "metrics/onnx.json", "metrics/rknn.json", "metrics/summary.md"):
+        assert (art / f).is_file(), f
+    dataset = json.loads((root / "datasets" / "demo" / "yolo" / "manifest.json").read_text())
+    assert dataset["host"]["runner"] == "docker"
+    train = json.loads((art / "train" / "manifest.json").read_text())
+    assert train["host"]["runner"] == "docker" and train["config"]["train"]["epochs"] == 2
+    assert len((root / "runs" / "demo" / "train" / "results.csv").read_text().splitlines()) == 3
+    rknn = json.loads((art / "metrics" / "rknn.json").read_text())
+    assert "val" in rknn["sets"]
+    # Every file the containers wrote belongs to the invoking user, not to root.
+    owners = {(p.stat().st_uid, p.stat().st_gid) for d in ("datasets", "artifacts", "runs")
+              for p in (root / d).rglob("*")}
+    assert owners == {(UID, GID)}, owners
+
+
+def test_failed_stage_is_named_with_its_last_log_lines(containers, chain):
+    proc = cmake(containers, "train", "EXP=demo",
+                 f"ARGS={CHAIN_ARGS} evaluate.weights=artifacts/demo/weights/missing.pt", root=chain["root"])
+    assert proc.returncode != 0
+    assert "evaluate: the container failed (exit 2); its last log lines:" in proc.stderr
+    log_lines = [line for line in proc.stderr.splitlines() if line.startswith("  | ")]
+    assert any("missing.pt" in line for line in log_lines), proc.stderr[-2000:]
+    assert "train: stopped at stage 'evaluate'" in proc.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tensorboard_service_serves_the_runs_on_localhost(containers, chain):
+    port = free_port()
+    env = {**containers["env"], "PIPELINE_ROOT": str(chain["root"]), "TB_PORT": str(port),
+           "HOST_UID": str(UID), "HOST_GID": str(GID), "TRAIN_TAG": chain["tags"]["train"].split(":")[-1]}
+    compose = [str(engine.COMPOSE_BIN), "-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml"]
+    up = subprocess.run(compose + ["up", "-d", "tensorboard"], cwd=ROOT, env=env, capture_output=True, text=True)
+    try:
+        assert up.returncode == 0, up.stderr
+        runs, deadline = None, time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5) as r:
+                    runs = json.loads(r.read())
+                if runs:
+                    break
+            except OSError:
+                pass
+            time.sleep(2)
+        assert runs and any(r.startswith("demo/train") for r in runs), runs
+    finally:
+        subprocess.run(compose + ["down"], cwd=ROOT, env=env, capture_output=True)
+
+
+def test_doctor_with_a_live_engine(containers, chain):
+    # the doctor speaks the Docker CLI; with podman it goes through podman's Docker API socket
+    proc = make("doctor", "EXP=demo", "GPU=0", f"COMPOSE={engine.COMPOSE_BIN}", root=chain["root"],
+                env=containers["env"])
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for check in ("docker engine", "compose v2", "train image", "torch", "shm", "free disk", "datasets"):
+        assert any(line.split()[1:2] == check.split()[:1] and line.startswith(("ok", "warn")) for line in lines), check
+    assert any(line.startswith("warn  nvidia runtime") for line in lines)
+
+
+def test_image_sizes_script(containers, chain):
+    proc = subprocess.run([sys.executable, "benchmarks/image_sizes.py", "--docker", chain["docker"],
+                           *chain["tags"].values()], cwd=ROOT, capture_output=True, text=True,
+                          env=containers["env"])
+    assert proc.returncode == 0, proc.stderr
+    print(proc.stdout)
+    for tag in chain["tags"].values():
+        assert tag in proc.stdout
+    phase_time.notes.append(proc.stdout.strip())
