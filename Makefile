@@ -29,6 +29,7 @@ STAGE_ARGS = --config $(CONFIG) $(if $(FORCE),--force) $(ARGS)
 # GPU=1: train and evaluate get the Compose GPU reservation; GPU=0: docker-compose.cpu.yml removes it.
 # Default: 1 when the engine lists the NVIDIA runtime or the host has a working nvidia-smi.
 GPU ?= $(eval GPU := $(if $(shell { $(DOCKER) info -f '{{json .Runtimes}}' 2>/dev/null | grep -q nvidia || nvidia-smi -L >/dev/null 2>&1; } && echo 1),1,0))$(GPU)
+GPU_WHY = $(if $(filter command line environment,$(origin GPU)),GPU=$(GPU) as asked,$(if $(filter 1,$(GPU)),the NVIDIA runtime was found,no NVIDIA runtime found: the CPU override docker-compose.cpu.yml is used; for a GPU install the NVIDIA Container Toolkit (make doctor explains)))
 COMPOSE_FILES = -f docker-compose.yml $(if $(filter 0,$(GPU)),-f docker-compose.cpu.yml)
 HOST_UID ?= $(shell id -u)
 HOST_GID ?= $(shell id -g)
@@ -70,7 +71,7 @@ endef
 # Run one stage: $(1) python module under services/, $(2) Compose service, $(3) local environment
 # (and image), $(4) extra arguments for that stage.
 define run_stage
-	@echo "runner: $(RUNNER) ($(RUNNER_WHY))"
+	@echo "runner: $(RUNNER) ($(RUNNER_WHY))$(if $(filter docker,$(RUNNER)),; $(GPU_WHY))"
 	@$(if $(filter docker,$(RUNNER)),$(call ensure_image,$(3)) $(call compose_run,$(2),python -m services.$(1) $(STAGE_ARGS) $(4)),\
 	  PIPELINE_RUNNER=local PIPELINE_OFFLINE=$(if $(OFFLINE),1,0) $(VENV)/$(3)/bin/python -m services.$(1) $(STAGE_ARGS) $(4))
 endef
@@ -84,7 +85,9 @@ $(COMPOSE_ENV) $(COMPOSE) $(COMPOSE_FILES) run --name "$$name" \
   -e PIPELINE_OFFLINE=$(if $(OFFLINE),1,0) -e PIPELINE_GIT_COMMIT="$$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
   -e PIPELINE_GIT_DIRTY="$$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo 1 || echo 0)" \
   $(1) $(2) || true; \
-code=$$($(DOCKER) inspect -f '{{.State.ExitCode}}' "$$name" 2>/dev/null || echo 125); \
+code=$$($(DOCKER) inspect -f '{{.State.ExitCode}}' "$$name" 2>/dev/null) || { \
+  echo "$(1): the container did not start; Compose's message is above (without an NVIDIA runtime use \
+GPU=0, the CPU override; \`make doctor\` checks the setup)" >&2; exit 125; }; \
 if [ "$$code" != 0 ]; then \
   echo "$(1): the container failed (exit $$code); its last log lines:" >&2; \
   $(DOCKER) logs "$$name" 2>&1 | tr '\r' '\n' | grep -v '^\s*$$' | tail -n 15 | sed 's/^/  | /' >&2 || true; fi; \
@@ -117,7 +120,8 @@ demo: ## the whole chain on the embedded demo data, on CPU (make train EXP=demo)
 
 train: ## the whole chain for EXP: dataset -> fit -> evaluate -> export -> rknn
 	@for stage in dataset fit evaluate export rknn; do \
-	  $(MAKE) --no-print-directory $$stage RUNNER=$(RUNNER) RUNNER_WHY="$(RUNNER_WHY)" $(if $(filter docker,$(RUNNER)),GPU=$(GPU)) || \
+	  $(MAKE) --no-print-directory $$stage RUNNER=$(RUNNER) RUNNER_WHY="$(RUNNER_WHY)" \
+	    $(if $(filter docker,$(RUNNER)),GPU=$(GPU) GPU_WHY="$(GPU_WHY)") || \
 	  { echo "train: stopped at stage '$$stage' (its messages are above)" >&2; exit 1; }; done
 
 dataset: $(call needs,train) ## CityPersons download (or demo) -> datasets/<name>/yolo/
@@ -196,4 +200,5 @@ LOCKED = $(filter-out train-packages,$(basename $(notdir $(wildcard requirements
 lock: $(VENV)/tools/.installed ## recompile requirements/*.lock from requirements/*.in (needs PyPI)
 	@for env in $(LOCKED); do echo "lock: requirements/$$env.lock"; \
 	  $(VENV)/tools/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 \
-	    --python-platform x86_64-manylinux_2_28 -o requirements/$$env.lock requirements/$$env.in; done
+	    --python-platform x86_64-manylinux_2_28 --override requirements/overrides.txt \
+	    -o requirements/$$env.lock requirements/$$env.in; done

@@ -34,7 +34,7 @@ def test_compose_file_validates_with_one_service_per_stage():
         targets = {v["target"]: v for v in s["volumes"]}
         assert {"/workspace/datasets", "/workspace/artifacts", "/workspace/runs"} <= set(targets)
         assert targets["/workspace/configs"]["read_only"] is True
-    assert services["train"]["shm_size"] >= 2 ** 30
+    assert int(services["train"]["shm_size"]) >= 2 ** 30
     (port,) = services["tensorboard"]["ports"]
     assert port["host_ip"] == "127.0.0.1" and port["target"] == 6006
     assert services["convert"]["image"].startswith("citypersons-rknn/convert:")
@@ -55,7 +55,7 @@ def test_dockerfiles_pass_hadolint(dockerfile):
 def test_doctor_without_an_engine_says_so_in_one_line(tmp_path):
     proc = make("doctor", "EXP=demo", root=tmp_path, env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
     assert proc.returncode != 0
-    engine_lines = [line for line in proc.stdout.splitlines() if "engine" in line]
+    engine_lines = [line for line in proc.stdout.splitlines() if "Docker engine" in line]
     assert len(engine_lines) == 1 and engine_lines[0].startswith("FAIL")
     assert "no Docker engine answers" in engine_lines[0] and "RUNNER=local" in engine_lines[0]
     assert "doctor: 1 check(s) failed" in proc.stdout

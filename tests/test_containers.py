@@ -87,7 +87,7 @@ def test_chain_in_containers_writes_every_artifact_as_the_invoking_user(chain):
     out = chain["proc"].stdout
     assert "runner: docker (as asked)" in out
     art = root / "artifacts" / "demo"
-    for f in ("weights/best.pt", "models/demo.onnx", "models/demo.rknn-head.onnx", "models/demo.rknn",
+    for f in ("weights/best.pt", "models/demo.onnx", "models/demo.rknn-head.onnx", "models/demo_int8_rk3588.rknn", "board/detect.py",
               "metrics/pt.json", "metrics/onnx.json", "metrics/rknn.json", "metrics/summary.md"):
         assert (art / f).is_file(), f
     dataset = json.loads((root / "datasets" / "demo" / "yolo" / "manifest.json").read_text())

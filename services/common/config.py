@@ -28,7 +28,7 @@ CHOICES = {
                          "rv1106", "rv1103b", "rv1103"],
     "convert.dtype": ["int8", "fp16"],
     "convert.algorithm": ["normal", "mmse", "kl_divergence"],
-    "evaluate.sets": ["val"],
+    "evaluate.sets": ["val", "coco_person"],
     "train.optimizer": ["SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop"],
 }
 # Keys that take one special word besides their default's type.
@@ -56,6 +56,8 @@ RANGES = {
 }
 NAME_KEYS = {"dataset.name"}  # become folder names
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+URL_KEYS = {"dataset.coco_url", "dataset.citypersons_url"}  # base addresses of downloads
+URL_RE = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 
 
 def defaults() -> dict:
@@ -139,6 +141,9 @@ def _checked(schema, section, key, value, where):
     if dotted in NAME_KEYS and not NAME_RE.match(str(value)):
         raise UserError(f"{where}: {dotted}={_show(value)} must be a plain folder name "
                         f"(letters, digits, '_', '-', '.')")
+    if dotted in URL_KEYS and not URL_RE.match(value):
+        raise UserError(f"{where}: {dotted}={_show(value)} must be an http:// or https:// address "
+                        f"(default: {_show(default)})")
     return value
 
 

@@ -218,7 +218,7 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
     print(table(["model", "MB", "build s", "AP50 (simulator)", "max score", "MR-2 Reasonable %"],
                 [[paths.rel(target, root), f"{target.stat().st_size / 1e6:.1f}", seconds["build"],
                   f"{val.get('coco', {}).get('AP50', float('nan')):.3f}", f"{backend.max_score:.3f}",
-                  f"{100 * val.get('miss_rate', {}).get('Reasonable', float('nan')):.2f}"]],
+                  f"{100 * (val.get('miss_rate') or {}).get('Reasonable', float('nan')):.2f}"]],
                 title="\nRKNN"))
     evaluate.write_summary(art / "metrics", root)
     return result

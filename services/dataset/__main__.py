@@ -3,17 +3,21 @@
     python -m services.dataset --config configs/<exp>.yaml [--force] [dataset.key=value ...]
     python -m services.dataset demo [--out datasets/demo/raw] [--seed 0] [--force]
 
-The first turns datasets/<name>/raw/ into datasets/<name>/yolo/ (see citypersons.py); with
-dataset.generate_demo it first generates the raw demo download when it is absent or was made by
-another generator version or seed. The second only generates the demo download.
+The first prepares every dataset the experiment uses: the training dataset, datasets/<name>/raw/ ->
+datasets/<name>/yolo/ (see citypersons.py), and each evaluation set evaluate.sets names beyond it
+(coco_person: datasets/coco/, see coco.py). Missing public files are downloaded first, unless
+PIPELINE_OFFLINE=1 (Make: OFFLINE=1); every file the user must fetch by hand gets one error line,
+all of them before any conversion. With dataset.generate_demo the raw demo download is generated
+instead when it is absent or was made by another generator version or seed. The second only
+generates the demo download.
 """
 import argparse
 import sys
 
 from services.common import config, paths
-from services.common.log import user_errors
+from services.common.log import info, user_errors
 
-from . import citypersons, demo
+from . import citypersons, coco, demo, download
 
 STAGE = "dataset"
 
@@ -37,10 +41,28 @@ def main(argv=None) -> None:
         p.add_argument("overrides", nargs="*", metavar="section.key=value")
         a = p.parse_args(argv)
         cfg = config.load(a.config, a.overrides)
-        d = cfg["dataset"]
-        if d["generate_demo"]:
-            demo.ensure(paths.raw_dir(d["name"]), d["seed"])
-        citypersons.convert(cfg, force=a.force)
+        prepare(cfg, force=a.force)
+
+
+def prepare(cfg: dict, force: bool = False, root=paths.ROOT) -> None:
+    d = cfg["dataset"]
+    want_coco = "coco_person" in cfg["evaluate"]["sets"]
+    online = not download.offline()
+    if not online:
+        info(STAGE, "offline (OFFLINE=1): nothing is downloaded")
+    # Everything that must be fetched first, so one run lists all a user has to do by hand.
+    problems = []
+    if d["generate_demo"]:
+        demo.ensure(paths.raw_dir(d["name"], root), d["seed"])
+    else:
+        problems += citypersons.fetch(cfg, root, online)
+    if want_coco:
+        problems += coco.fetch(cfg, root, online)
+    if problems:
+        download.give_up(problems)
+    citypersons.convert(cfg, root=root, force=force)
+    if want_coco:
+        coco.build(cfg, root=root, force=force)
 
 
 if __name__ == "__main__":

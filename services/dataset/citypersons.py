@@ -3,6 +3,9 @@
 Input, under datasets/<name>/raw/ (never modified; a zip is extracted beside itself once):
     leftImg8bit/{train,val}/<city>/*.png   or   leftImg8bit_trainvaltest.zip
     anno_train.mat, anno_val.mat
+fetch() downloads the .mat files when they are missing and the network allows (they are public),
+and the Cityscapes zip only with the user's account (CITYSCAPES_USERNAME / CITYSCAPES_PASSWORD);
+otherwise it says where to get them. convert() never touches the network.
 Output, under datasets/<name>/yolo/ (built in a temporary folder and renamed into place):
     {train,selection,val}/{images,labels}/, <name>.yaml (for ultralytics), val_gt.json (official
     miss-rate ground truth), val_coco.json (for pycocotools), calib.txt, manifest.json
@@ -13,6 +16,7 @@ The .mat format and its pitfalls are described in ../shared/data/citypersons/REA
 """
 import os
 import random
+import sys
 import shutil
 import struct
 import time
@@ -27,6 +31,8 @@ from tqdm import tqdm
 from services.common import files, manifest, paths
 from services.common.log import UserError, info, table, warn
 
+from . import download
+
 STAGE = "dataset"
 # Bump when the output format or the label rules change: older outputs are then rebuilt.
 CONVERTER_VERSION = 1
@@ -37,6 +43,99 @@ WHERE_MAT = "download it from https://github.com/cvgroup-njust/CityPersons (anno
 WHERE_IMAGES = ("download leftImg8bit_trainvaltest.zip from https://www.cityscapes-dataset.com/downloads/ "
                 "(free account needed)")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CITYSCAPES_ZIP = "leftImg8bit_trainvaltest.zip"
+CITYSCAPES_REGISTER = "https://www.cityscapes-dataset.com/register/"
+CITYSCAPES_LOGIN = "https://www.cityscapes-dataset.com/login"
+# The annotation files of the CityPersons repository, as pinned from the published files.
+MAT_FILES = {"train": (387145, "1e9675594e2d30772b40c046a9e3e9b24604d43c20dd93121f35d864e63bdd06"),
+             "val": (77204, "e234f73b47d7e9c0dfa23a91a2bd8bd222b68a5f5fe7061e8bbfefa3435aac96")}
+
+
+# ---------------------------------------------------------------------------------------- fetch
+def mat_sources(base_url: str) -> dict:
+    base = base_url.rstrip("/")
+    return {split: download.Source(f"CityPersons {split} annotations", f"{base}/anno_{split}.mat",
+                                   size=size, sha256=sha256)
+            for split, (size, sha256) in MAT_FILES.items()}
+
+
+def fetch(cfg: dict, root: Path, online: bool) -> list[str]:
+    """Make raw/ complete where that can be done: download missing .mat files (public) and, with the
+    user's Cityscapes account, the image zip. Returns one line per file the user must fetch by hand;
+    [] when everything is in place. Touches the network only for what is missing."""
+    d = cfg["dataset"]
+    raw = paths.raw_dir(d["name"], root)
+    partial_dir = paths.dataset_dir(d["name"], root) / ".downloads"
+    problems = []
+    for split, source in mat_sources(d["citypersons_url"]).items():
+        mat = raw / f"anno_{split}.mat"
+        if mat.is_file():
+            continue
+        if not online:
+            problems.append(download.by_hand(source, mat, "offline (OFFLINE=1)"))
+            continue
+        try:
+            download.fetch(source, mat, partial_dir)
+        except UserError as e:
+            problems.append(str(e))
+    if not (raw / "leftImg8bit").is_dir() and not (raw / CITYSCAPES_ZIP).is_file():
+        problem = fetch_cityscapes(raw / CITYSCAPES_ZIP, partial_dir, root, online)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def fetch_cityscapes(zip_path: Path, partial_dir: Path, root: Path, online: bool):
+    """Download the Cityscapes images with cityscapesscripts' downloader when the user gave an
+    account; otherwise (or if that fails) the line saying how to get them. None when done."""
+    user, password = os.environ.get("CITYSCAPES_USERNAME"), os.environ.get("CITYSCAPES_PASSWORD")
+    by_hand = (f"register (free) at {CITYSCAPES_REGISTER}, download {CITYSCAPES_ZIP} from "
+               f"https://www.cityscapes-dataset.com/downloads/ and put it at {paths.rel(zip_path, root)} "
+               f"(or its extracted leftImg8bit/{{train,val}}/ in {paths.rel(zip_path.parent, root)}/)")
+    what = f"missing Cityscapes images ({CITYSCAPES_ZIP}, 11 GB, free account needed)"
+    if not (user and password):
+        return (f"{what}: {by_hand}; or set CITYSCAPES_USERNAME and CITYSCAPES_PASSWORD and "
+                f"`make dataset` downloads it")
+    if not online:
+        return f"{what}: offline (OFFLINE=1); {by_hand}"
+    try:
+        from cityscapesscripts.download import downloader  # in the train lock; imported only when needed
+    except ImportError:
+        return (f"{what}: CITYSCAPES_USERNAME is set but cityscapesscripts (its downloader) is not installed; "
+                f"run `{sys.executable} -m pip install cityscapesscripts` and `make dataset` again, or {by_hand}")
+    partial_dir.mkdir(parents=True, exist_ok=True)
+    part = partial_dir / CITYSCAPES_ZIP  # the downloader names the file itself; it resumes from it
+    try:
+        session = cityscapes_login(user, password)
+        info(STAGE, f"downloading {CITYSCAPES_ZIP} (11 GB) with cityscapesscripts into {paths.rel(partial_dir, root)}/")
+        # It verifies the md5 the server publishes and raises a bare Exception on any failure.
+        downloader.download_packages(session=session, package_names=[CITYSCAPES_ZIP],
+                                     destination_path=str(partial_dir), resume=part.is_file())
+    except UserError as e:
+        return f"{what}: {e}; {by_hand}"
+    except Exception as e:  # noqa: BLE001 (requests' and the downloader's own errors)
+        if "MD5" in str(e):
+            part.unlink(missing_ok=True)  # ours, and wrong: the next run starts over
+            return f"{what}: the download did not match its md5 and was discarded; run `make dataset` again, or {by_hand}"
+        kept = " (the partial download is kept; the next run resumes it)" if part.is_file() else ""
+        return f"{what}: the Cityscapes download failed ({type(e).__name__}: {str(e)[:120]}){kept}; {by_hand}"
+    os.replace(part, zip_path)
+    return None
+
+
+def cityscapes_login(user: str, password: str):
+    """A logged-in session. cityscapesscripts' own login() prompts on the terminal (or reads a file
+    in the home folder), which a stage in a container cannot do, so log in as it does, from the
+    environment variables."""
+    import requests
+    session = requests.Session()
+    session.get(CITYSCAPES_LOGIN, allow_redirects=False, timeout=60).raise_for_status()
+    r = session.post(CITYSCAPES_LOGIN, data={"username": user, "password": password, "submit": "Login"},
+                     allow_redirects=False, timeout=60)
+    r.raise_for_status()
+    if r.status_code != 302:  # the site redirects after a successful login
+        raise UserError("the Cityscapes login failed: check CITYSCAPES_USERNAME and CITYSCAPES_PASSWORD")
+    return session
 
 
 # ---------------------------------------------------------------------------------------- inputs
@@ -114,12 +213,17 @@ def extract_zip(zip_path: Path, folder: Path, root: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
+# Keys that change other outputs (the COCO set) or only where files come from, not this output: a
+# change there must not rebuild the CityPersons dataset.
+NOT_THIS_OUTPUT = {"coco_negatives", "coco_allow_missing_images", "coco_url", "citypersons_url"}
+
+
 def fingerprint(cfg: dict, raw: Path, images: Path, cache: Path) -> dict:
     """Everything the output depends on. If it equals the manifest's, the stage has nothing to do."""
     pngs = [e for split in SPLITS for e in _scan(images / split)]
     fp = {
         "converter_version": CONVERTER_VERSION,
-        "dataset_config": cfg["dataset"],
+        "dataset_config": {k: v for k, v in cfg["dataset"].items() if k not in NOT_THIS_OUTPUT},
         "sha256": {f"anno_{s}.mat": files.sha256_file(raw / f"anno_{s}.mat") for s in SPLITS},
         "image_files": len(pngs),
         "image_bytes": sum(size for size in pngs),

@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     if engine(docker) and compose_v2(compose):
         gpu_checks(compose, docker, a.image, gpu)
     disk()
-    datasets(a.config if a.config.is_absolute() else ROOT / a.config)
+    datasets(a.config)
     failed = results.count("FAIL")
     print(f"doctor: {failed} check(s) failed" if failed else "doctor: ready"
           + (f" ({results.count('warn')} warning(s))" if results.count("warn") else ""))

@@ -87,16 +87,30 @@ def backend_for(fmt: str, weights: Path):
 
 # ---------------------------------------------------------------------------------------- sets
 def evaluation_sets(cfg: dict, root: Path) -> dict:
-    """name -> (images folder, miss-rate ground truth or None, COCO ground truth)."""
-    yolo = paths.yolo_dir(cfg["dataset"]["name"], root)
+    """name -> (images folder, miss-rate ground truth or None, COCO ground truth).
+
+    val: the dataset's official val split, scored with COCO AP and the CityPersons miss rate.
+    coco_person: COCO val2017 persons (datasets/coco/yolo/, built by the dataset stage), COCO AP only:
+    the miss rate's setups (height, visibility) are defined on CityPersons' annotations alone."""
     sets = {}
     for name in cfg["evaluate"]["sets"]:
         if name == "val":
+            yolo = paths.yolo_dir(cfg["dataset"]["name"], root)
             need = [yolo / "val" / "images", yolo / "val_gt.json", yolo / "val_coco.json"]
             if not all(p.exists() for p in need):
                 raise UserError(f"evaluation set 'val' needs {paths.rel(yolo, root)}/val_gt.json, val_coco.json "
                                 f"and val/images; run `make dataset` first")
             sets[name] = (need[0], need[1], need[2])
+        elif name == "coco_person":
+            yolo = paths.yolo_dir("coco", root)
+            need = [yolo / "val" / "images", yolo / "person_val2017.json"]
+            if not all(p.exists() for p in need):
+                others = [s for s in cfg["evaluate"]["sets"] if s != name]
+                drop = f'drop the set with ARGS="evaluate.sets=[{", ".join(others)}]"' if others else \
+                    'choose another set with ARGS="evaluate.sets=[val]"'
+                raise UserError(f"evaluation set 'coco_person' needs {paths.rel(yolo, root)}/person_val2017.json "
+                                f"and val/images; run `make dataset` first (it downloads COCO val2017), or {drop}")
+            sets[name] = (need[0], None, need[1])
     return sets
 
 
@@ -110,10 +124,10 @@ def detect(backend, images: list[dict], folder: Path, size, e: dict):
         t0 = time.perf_counter()
         inputs, metas = [], []
         for im in chunk:
-            image = cv2.imread(str(folder / im["im_name"]))
+            path = folder / (im.get("im_name") or im["file_name"])  # the miss-rate files say im_name, COCO file_name
+            image = cv2.imread(str(path))
             if image is None:
-                raise UserError(f"cannot read {paths.rel(folder / im['im_name'])}; rebuild the dataset "
-                                f"(`make dataset FORCE=1`)")
+                raise UserError(f"cannot read {paths.rel(path)}; rebuild the dataset (`make dataset FORCE=1`)")
             x, meta = core.preprocess(image, size)
             inputs.append(x)
             metas.append(meta)
@@ -131,6 +145,9 @@ def formats_to_run(cfg: dict, root: Path) -> list[tuple[str, Path]]:
     art = paths.artifacts_dir(exp, root)
     default = {"pt": art / "weights" / "best.pt", "onnx": art / "models" / f"{exp}.onnx",
                "onnx-rknn-head": art / "models" / f"{exp}.rknn-head.onnx"}
+    if e["weights"] and e["format"] == "all":
+        raise UserError(f"evaluate.weights={e['weights']} needs evaluate.format=pt or onnx (which kind of model "
+                        f"it is); evaluate.format=all evaluates the experiment's own models")
     if e["format"] != "all":
         weights = Path(e["weights"]) if e["weights"] else default[e["format"]]
         return [(e["format"], weights if weights.is_absolute() else root / weights)]
@@ -163,7 +180,7 @@ def evaluate_one(cfg: dict, fmt: str, weights: Path, root: Path, force: bool = F
     settings = {k: e[k] for k in ("sets", "conf", "iou", "max_det", "batch")}
     fingerprint = {"evaluator_version": EVALUATOR_VERSION, "evaluate": settings, "imgsz_hw": list(size),
                    "weights_sha256": files.sha256_file(weights),
-                   "ground_truth_sha256": {n: [files.sha256_file(g), files.sha256_file(c)]
+                   "ground_truth_sha256": {n: [files.sha256_file(f) for f in (g, c) if f is not None]
                                            for n, (_, g, c) in sets.items()}}
     old = files.read_json(out_dir / f"{fmt}.json")
     if old and old.get("fingerprint") == fingerprint and not force:
@@ -183,7 +200,9 @@ def evaluate_one(cfg: dict, fmt: str, weights: Path, root: Path, force: bool = F
               "sets": {}}
     all_latency = []
     for name, (folder, gt_file, coco_file) in sets.items():
-        gt = scoring.load_json(gt_file)
+        # The image list comes from the miss-rate ground truth where there is one (its ids are the
+        # official ones), else from the COCO file.
+        gt = scoring.load_json(gt_file if gt_file is not None else coco_file)
         dets, latency = detect(backend, gt["images"], folder, size, e)
         all_latency += latency
         try:
@@ -191,28 +210,35 @@ def evaluate_one(cfg: dict, fmt: str, weights: Path, root: Path, force: bool = F
         except ValueError as err:
             raise UserError(f"set {name}: {err}")
         if not dets:
-            warn(STAGE, f"{fmt} on {name}: no detections at all; AP is 0 and the miss rate 100 %")
+            warn(STAGE, f"{fmt} on {name}: no detections at all; AP is 0"
+                        + (" and the miss rate 100 %" if gt_file is not None else ""))
         det_file = out_dir / f"{fmt}.{name}.detections.json"
         files.atomic_write_text(det_file, json.dumps(dets))
-        mr = scoring.miss_rates(gt, dets)
         result["sets"][name] = {
             "images": len(gt["images"]), "detections": len(dets), "detections_file": paths.rel(det_file, root),
             "coco": scoring.coco_ap(coco_file, dets),
-            "miss_rate": {k: v["MR"] for k, v in mr.items()},
-            "mr_fppi_curves": {k: {"fppi": v["fppi"], "miss_rate": v["miss_rate"]} for k, v in mr.items()},
         }
+        if gt_file is not None:
+            mr = scoring.miss_rates(gt, dets)
+            result["sets"][name]["miss_rate"] = {k: v["MR"] for k, v in mr.items()}
+            result["sets"][name]["mr_fppi_curves"] = {k: {"fppi": v["fppi"], "miss_rate": v["miss_rate"]}
+                                                      for k, v in mr.items()}
+        else:
+            result["sets"][name]["miss_rate"] = None
+            result["sets"][name]["miss_rate_note"] = ("not applicable: the CityPersons miss rate is defined on "
+                                                      "CityPersons' annotations (height, visibility) only")
     lat = np.asarray(all_latency or [math.nan])
     result["latency_ms_per_image"] = {"mean": round(float(lat.mean()), 2), "p50": round(float(np.percentile(lat, 50)), 2),
                                       "p95": round(float(np.percentile(lat, 95)), 2),
                                       "includes": "read, letterbox, inference, decode, NMS", "device": backend.device}
-    if fmt == "pt":
+    if fmt == "pt" and "val" in sets:
         result["ultralytics_val"] = ultralytics_val(cfg, weights, size, root)
     result.update(started=started, finished=manifest.now(), wall_s=round(time.perf_counter() - t0, 2))
     files.atomic_write_json(out_dir / f"{fmt}.json", result)
     for name, s in result["sets"].items():
-        info(STAGE, f"{fmt} on {name}: AP50 {s['coco']['AP50']:.3f}, AP {s['coco']['AP']:.3f}, "
-                    f"MR-2 Reasonable {100 * s['miss_rate']['Reasonable']:.2f} %  ({s['images']} images, "
-                    f"{result['latency_ms_per_image']['mean']:.1f} ms/image)")
+        mr = f", MR-2 Reasonable {100 * s['miss_rate']['Reasonable']:.2f} %" if s["miss_rate"] else ""
+        info(STAGE, f"{fmt} on {name}: AP50 {s['coco']['AP50']:.3f}, AP {s['coco']['AP']:.3f}{mr}  "
+                    f"({s['images']} images, {result['latency_ms_per_image']['mean']:.1f} ms/image)")
     return result
 
 
@@ -242,14 +268,16 @@ def write_summary(metrics_dir: Path, root: Path) -> None:
             if m["format"] == "pt":
                 base[name] = s["coco"]["AP50"]
             drop = (f"{s['coco']['AP50'] - base[name]:+.3f}" if name in base and m["format"] != "pt" else "")
+            mr = s.get("miss_rate")  # None on sets the miss rate does not apply to (COCO)
             rows.append([m["format"], name, s["images"], f"{s['coco']['AP50']:.3f}", f"{s['coco']['AP']:.3f}",
-                         drop, f"{100 * s['miss_rate']['Reasonable']:.2f}", f"{100 * s['miss_rate']['All']:.2f}",
+                         drop, f"{100 * mr['Reasonable']:.2f}" if mr else "n/a",
+                         f"{100 * mr['All']:.2f}" if mr else "n/a",
                          f"{m['latency_ms_per_image']['mean']:.1f}", f"{m['model_bytes'] / 1e6:.1f}"])
     headers = ["format", "set", "images", "AP50", "AP50-95", "ΔAP50 vs pt", "MR-2 Reasonable %", "MR-2 All %",
                "ms/image", "MB"]
     md = ["# Evaluation summary", "",
           "AP50 and AP50-95: pycocotools COCO bbox AP. MR-2: the official CityPersons log-average miss rate "
-          "(lower is better). Latency: read + letterbox + inference + decode + NMS, per image, on the device "
+          "(lower is better; n/a on COCO, where it is not defined). Latency: read + letterbox + inference + decode + NMS, per image, on the device "
           "named in each metrics file.", "",
           "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     md += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]

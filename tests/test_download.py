@@ -1,0 +1,249 @@
+"""Downloads, for real, from an HTTP server on 127.0.0.1 serving generated archives: a transfer cut
+half-way resumes, a wrong file is refused and leaves nothing in raw/, and present files mean no
+network at all (every socket call of the stage is blocked and logged by tests/netguard)."""
+import hashlib
+import re
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SHARED_CITYPERSONS, demo_root, error_lines, needs_real_citypersons, run_module
+from services.common.log import UserError
+from services.dataset import citypersons, download
+from test_coco_person import make_coco_raw, zip_coco
+
+CITYPERSONS = str(ROOT / "configs" / "citypersons.yaml")
+DEMO = str(ROOT / "configs" / "demo.yaml")
+
+
+class Server:
+    """Serves `files` (path -> bytes) with HTTP Range support, as the real hosts do; a path in `cut`
+    has its first transfer cut off half-way (the connection closes early, as when a network drops).
+    `log` records (path, Range header, bytes sent) per request."""
+
+    def __init__(self):
+        self.files, self.cut, self.log = {}, set(), []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                wanted = self.headers.get("Range")
+                start = int(re.fullmatch(r"bytes=(\d+)-", wanted)[1]) if wanted else 0
+                if start >= len(body):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(body)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206 if wanted else 200)
+                if wanted:
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                payload = body[start:]
+                if self.path in server.cut:
+                    server.cut.discard(self.path)
+                    payload = payload[: len(payload) // 2]
+                self.wfile.write(payload)
+                self.wfile.flush()
+                server.log.append((self.path, wanted, len(payload)))
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+def archive(tmp_path: Path) -> bytes:
+    """A generated val2017.zip (a few hundred KB: real JPEGs of noise, so it does not compress)."""
+    import numpy as np
+    from PIL import Image
+    src = tmp_path / "made"
+    make_coco_raw(src)
+    rng = np.random.default_rng(0)
+    for p in (src / "val2017").iterdir():
+        Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(p, quality=95)
+    images, _ = zip_coco(src, tmp_path / "zips")
+    return images.read_bytes()
+
+
+def source_for(server: Server, body: bytes, **overrides) -> download.Source:
+    server.files["/zips/val2017.zip"] = body
+    pins = {"size": len(body), "md5": hashlib.md5(body).hexdigest(), **overrides}
+    return download.Source("COCO val2017 images", f"{server.url}/zips/val2017.zip", **pins)
+
+
+# ------------------------------------------------------------------------------ fetch
+def test_a_transfer_cut_half_way_resumes_and_completes(tmp_path, server):
+    body = archive(tmp_path)
+    src = source_for(server, body)
+    server.cut.add("/zips/val2017.zip")
+    raw, partial = tmp_path / "datasets/coco/raw", tmp_path / "datasets/coco/.downloads"
+    download.fetch(src, raw / "val2017.zip", partial)
+    assert (raw / "val2017.zip").read_bytes() == body
+    (first, r1, n1), (again, r2, n2) = server.log
+    assert r1 is None and n1 == len(body) // 2            # the cut transfer
+    assert r2 == f"bytes={n1}-" and n1 + n2 == len(body)  # only the rest was asked for and sent
+    assert not partial.exists()                           # nothing of ours left behind
+
+    # and what arrives is what the stage extracts into raw/
+    download.extract(raw / "val2017.zip", "val2017/", raw / "val2017", hint="")
+    assert len(list((raw / "val2017").iterdir())) == 10
+
+
+def test_a_partial_download_from_an_earlier_run_is_resumed(tmp_path, server):
+    body = archive(tmp_path)
+    src = source_for(server, body)
+    partial = tmp_path / "datasets/coco/.downloads"
+    partial.mkdir(parents=True)
+    (partial / "val2017.zip.part").write_bytes(body[:12345])  # the run before was killed here
+    download.fetch(src, tmp_path / "datasets/coco/raw/val2017.zip", partial)
+    assert (tmp_path / "datasets/coco/raw/val2017.zip").read_bytes() == body
+    assert server.log == [("/zips/val2017.zip", "bytes=12345-", len(body) - 12345)]
+
+
+def test_a_wrong_checksum_is_refused_and_nothing_is_left_in_raw(tmp_path, server):
+    body = archive(tmp_path)
+    src = source_for(server, body, md5="0" * 32)
+    raw, partial = tmp_path / "datasets/coco/raw", tmp_path / "datasets/coco/.downloads"
+    with pytest.raises(UserError) as e:
+        download.fetch(src, raw / "val2017.zip", partial)
+    assert f"has md5 {hashlib.md5(body).hexdigest()}, expected {'0' * 32}" in str(e.value)
+    assert "it was discarded" in str(e.value) and "put it at" in str(e.value)
+    assert not raw.exists() and not partial.exists()
+    assert server.log  # it was downloaded, then refused
+
+    # sha256 pins (the .mat files) are checked the same way
+    with pytest.raises(UserError, match=r"has sha256 [0-9a-f]{64}, expected f{64}"):
+        download.fetch(source_for(server, body, md5=None, sha256="f" * 64), raw / "val2017.zip", partial)
+    assert not raw.exists()
+
+
+def test_a_file_of_the_wrong_size_is_not_downloaded(tmp_path, server):
+    body = archive(tmp_path)
+    src = source_for(server, body, size=len(body) + 1)
+    with pytest.raises(UserError, match=rf"offers {len(body)} bytes, but the official val2017.zip has {len(body) + 1}"):
+        download.fetch(src, tmp_path / "raw/val2017.zip", tmp_path / ".downloads")
+    assert not (tmp_path / "raw").exists() and not (tmp_path / ".downloads").exists()
+
+
+def test_an_unreachable_server_names_the_file_its_source_and_its_place(tmp_path, server):
+    src = download.Source("COCO val2017 images", f"{server.url}/zips/val2017.zip", size=10)
+    with pytest.raises(UserError) as e:  # 404: nothing to resume
+        download.fetch(src, tmp_path / "raw/val2017.zip", tmp_path / ".downloads")
+    assert str(e.value).startswith("missing COCO val2017 images (val2017.zip, 10 bytes): the server answered HTTP 404")
+    assert f"download {src.url} and put it at" in str(e.value)
+
+
+# ------------------------------------------------------------------------------ the stage
+def coco_stage(root: Path, *extra, env=None):
+    return run_module("dataset", ["--config", DEMO, "evaluate.sets=[val, coco_person]", *extra], root,
+                      env={"PIPELINE_OFFLINE": "0", **(env or {})})
+
+
+def test_stage_refuses_files_that_are_not_the_official_ones(tmp_path, demo_raw, server):
+    """The stage pins the official sizes and checksums: a server offering other files (here the
+    generated archives) is refused, one line per file, and raw/ stays empty."""
+    root = demo_root(tmp_path, demo_raw)
+    body = archive(tmp_path)
+    server.files["/zips/val2017.zip"] = body
+    server.files["/annotations/annotations_trainval2017.zip"] = body[:1000]
+    proc = coco_stage(root, f"dataset.coco_url={server.url}")
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "offers 1000 bytes, but the official annotations_trainval2017.zip has 252907541" in lines[0]
+    assert f"offers {len(body)} bytes, but the official val2017.zip has 815585330" in lines[1]
+    assert "put it at datasets/coco/raw/val2017.zip" in lines[1]
+    assert not (root / "datasets/coco/raw").exists() and not (root / "datasets/coco/.downloads").exists()
+
+
+def test_no_network_attempt_when_the_files_are_present(tmp_path, demo_raw):
+    """citypersons.yaml with downloads allowed, every raw file in place (the COCO ones as the two
+    archives, which the stage extracts): not one socket call."""
+    root = tmp_path
+    shutil.copytree(demo_raw, root / "datasets/citypersons/raw")  # the demo pictures in the real layout
+    src = tmp_path / "made"
+    make_coco_raw(src)
+    zip_coco(src, root / "datasets/coco/raw")
+    net_log = tmp_path / "network-attempts.log"
+    guard = {"PYTHONPATH": str(ROOT / "tests" / "netguard"), "NETGUARD_LOG": str(net_log), "PIPELINE_OFFLINE": "0"}
+    proc = run_module("dataset", ["--config", CITYPERSONS], root, env=guard)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (root / "datasets/citypersons/yolo/manifest.json").is_file()
+    assert (root / "datasets/coco/yolo/person_val2017.json").is_file()
+    assert not net_log.exists(), f"network attempts: {net_log.read_text()}"
+
+
+def test_offline_with_files_missing_lists_each_file_and_touches_no_network(tmp_path):
+    net_log = tmp_path / "network-attempts.log"
+    guard = {"PYTHONPATH": str(ROOT / "tests" / "netguard"), "NETGUARD_LOG": str(net_log), "PIPELINE_OFFLINE": "1"}
+    env = {k: "" for k in ("CITYSCAPES_USERNAME", "CITYSCAPES_PASSWORD")}
+    proc = run_module("dataset", ["--config", CITYPERSONS], tmp_path / "root", env={**guard, **env})
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(lines) == 5, proc.stderr  # two .mat files, the Cityscapes zip, the two COCO archives
+    mat, cityscapes, coco_lines = lines[:2], lines[2], lines[3:]
+    for line, split in zip(mat, ("train", "val")):
+        assert f"missing CityPersons {split} annotations (anno_{split}.mat" in line and "offline (OFFLINE=1)" in line
+        assert f"https://raw.githubusercontent.com/cvgroup-njust/CityPersons/master/annotations/anno_{split}.mat" in line
+        assert f"put it at datasets/citypersons/raw/anno_{split}.mat" in line
+    assert "https://www.cityscapes-dataset.com/register/" in cityscapes and "free account" in cityscapes
+    assert "put it at datasets/citypersons/raw/leftImg8bit_trainvaltest.zip" in cityscapes
+    assert "CITYSCAPES_USERNAME and CITYSCAPES_PASSWORD" in cityscapes
+    assert "http://images.cocodataset.org/annotations/annotations_trainval2017.zip" in coco_lines[0]
+    assert "http://images.cocodataset.org/zips/val2017.zip" in coco_lines[1]
+    assert not net_log.exists(), f"network attempts: {net_log.read_text()}"
+    assert not (tmp_path / "root/datasets/citypersons/raw").exists()
+
+
+@needs_real_citypersons
+def test_annotation_files_are_fetched_and_checked_against_the_pinned_checksums(tmp_path, server):
+    """The real .mat files served locally: downloaded, verified against the pins, and converted."""
+    for split in ("train", "val"):
+        server.files[f"/annotations/anno_{split}.mat"] = (SHARED_CITYPERSONS / f"anno_{split}.mat").read_bytes()
+    from services.common import config
+    cfg = config.load(CITYPERSONS, [f"dataset.citypersons_url={server.url}/annotations"])
+    raw = tmp_path / "datasets/citypersons/raw"
+    (raw / "leftImg8bit").mkdir(parents=True)  # images in place: only the annotations are fetched
+    assert citypersons.fetch(cfg, tmp_path, online=True) == []
+    for split in ("train", "val"):
+        assert (raw / f"anno_{split}.mat").read_bytes() == server.files[f"/annotations/anno_{split}.mat"]
+    assert citypersons.fetch(cfg, tmp_path, online=True) == [] and len(server.log) == 2  # present: no request
+
+
+def test_cityscapes_account_without_the_downloader_says_how_to_install_it(tmp_path, demo_raw):
+    try:
+        import cityscapesscripts  # noqa: F401
+        pytest.skip("cityscapesscripts is installed here")
+    except ImportError:
+        pass
+    root = tmp_path
+    shutil.copytree(demo_raw, root / "datasets/citypersons/raw")
+    shutil.rmtree(root / "datasets/citypersons/raw/leftImg8bit")
+    net_log = tmp_path / "network-attempts.log"
+    env = {"PYTHONPATH": str(ROOT / "tests" / "netguard"), "NETGUARD_LOG": str(net_log), "PIPELINE_OFFLINE": "0",
+           "CITYSCAPES_USERNAME": "someone", "CITYSCAPES_PASSWORD": "secret"}
+    proc = run_module("dataset", ["--config", CITYPERSONS, "evaluate.sets=[val]"], root, env=env)
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "cityscapesscripts (its downloader) is not installed" in lines[0]
+    assert "-m pip install cityscapesscripts" in lines[0] and "leftImg8bit_trainvaltest.zip" in lines[0]
+    assert "secret" not in proc.stderr + proc.stdout
+    assert not net_log.exists()
