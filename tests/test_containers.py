@@ -105,7 +105,7 @@ def test_chain_in_containers_writes_every_artifact_as_the_invoking_user(chain):
 
 def test_failed_stage_is_named_with_its_last_log_lines(containers, chain):
     proc = cmake(containers, "train", "EXP=demo",
-                 f"ARGS={CHAIN_ARGS} evaluate.weights=artifacts/demo/weights/missing.pt", root=chain["root"])
+                 f"ARGS={CHAIN_ARGS} evaluate.format=pt evaluate.weights=artifacts/demo/weights/missing.pt", root=chain["root"])
     assert proc.returncode != 0
     assert "evaluate: the container failed (exit 2); its last log lines:" in proc.stderr
     log_lines = [line for line in proc.stderr.splitlines() if line.startswith("  | ")]

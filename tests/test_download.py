@@ -1,16 +1,22 @@
 """Downloads, for real, from an HTTP server on 127.0.0.1 serving generated archives: a transfer cut
 half-way resumes, a wrong file is refused and leaves nothing in raw/, and present files mean no
-network at all (every socket call of the stage is blocked and logged by tests/netguard)."""
+network at all (every socket call of the stage is blocked and logged by tests/netguard). The same
+server plays the Cityscapes site for cityscapesscripts' real downloader (dataset.cityscapes_url)."""
 import hashlib
+import io
+import json
 import re
 import shutil
 import threading
+import urllib.parse
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, SHARED_CITYPERSONS, demo_root, error_lines, needs_real_citypersons, run_module
+from services.common import config
 from services.common.log import UserError
 from services.dataset import citypersons, download
 from test_coco_person import make_coco_raw, zip_coco
@@ -20,12 +26,17 @@ DEMO = str(ROOT / "configs" / "demo.yaml")
 
 
 class Server:
-    """Serves `files` (path -> bytes) with HTTP Range support, as the real hosts do; a path in `cut`
-    has its first transfer cut off half-way (the connection closes early, as when a network drops).
-    `log` records (path, Range header, bytes sent) per request."""
+    """Serves `files` (path with query -> bytes) with HTTP Range support, as the real hosts do; a
+    path in `cut` has its first transfer cut off half-way (the connection closes early, as when a
+    network drops). `log` records (path, Range header, bytes sent) per GET request.
+    For the Cityscapes site: POST /login with a username and password from `accounts` answers 302
+    and a session cookie (200 and no cookie otherwise, as the site does); paths in `private` answer
+    403 without that cookie."""
+    COOKIE = "PHPSESSID=fake-cityscapes-session"
 
     def __init__(self):
         self.files, self.cut, self.log = {}, set(), []
+        self.accounts, self.private, self.logins = {}, set(), []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -34,9 +45,12 @@ class Server:
                 if body is None:
                     self.send_error(404)
                     return
+                if self.path in server.private and server.COOKIE not in self.headers.get("Cookie", ""):
+                    self.send_error(403)
+                    return
                 wanted = self.headers.get("Range")
                 start = int(re.fullmatch(r"bytes=(\d+)-", wanted)[1]) if wanted else 0
-                if start >= len(body):
+                if wanted and start >= len(body):
                     self.send_response(416)
                     self.send_header("Content-Range", f"bytes */{len(body)}")
                     self.send_header("Content-Length", "0")
@@ -54,6 +68,18 @@ class Server:
                 self.wfile.write(payload)
                 self.wfile.flush()
                 server.log.append((self.path, wanted, len(payload)))
+
+            def do_POST(self):
+                form = urllib.parse.parse_qs(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+                user, password = form.get("username", [""])[0], form.get("password", [""])[0]
+                ok = self.path == "/login" and user in server.accounts and server.accounts[user] == password
+                server.logins.append((user, ok))
+                self.send_response(302 if ok else 200)
+                if ok:
+                    self.send_header("Location", "/")
+                    self.send_header("Set-Cookie", f"{server.COOKIE}; path=/")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def log_message(self, *args):
                 pass
@@ -247,3 +273,144 @@ def test_cityscapes_account_without_the_downloader_says_how_to_install_it(tmp_pa
     assert "-m pip install cityscapesscripts" in lines[0] and "leftImg8bit_trainvaltest.zip" in lines[0]
     assert "secret" not in proc.stderr + proc.stdout
     assert not net_log.exists()
+
+
+# ------------------------------------------------------------------------------ Cityscapes, with an account
+CITYSCAPES_USER, CITYSCAPES_PASSWORD = "someone@example.org", "pa55-w0rd-never-shown"
+PACKAGE = "/file-handling/?packageID=3"  # leftImg8bit_trainvaltest.zip's id on the site
+MAT_ONLY = ["anno_train.mat", "anno_val.mat"]  # raw/ of citypersons_root: nothing else may appear
+
+
+def leftimg8bit_zip(demo_raw: Path, pictures: int | None = None) -> bytes:
+    """A leftImg8bit_trainvaltest.zip in the real layout (README, license.txt, leftImg8bit/{train,
+    val,test}/<city>/...png) holding the demo pictures (the first few, or all); stored, not deflated."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("README", "The Cityscapes Dataset (a test stand-in)\n")
+        z.writestr("license.txt", "test only\n")
+        for png in sorted((demo_raw / "leftImg8bit").rglob("*.png"))[:pictures]:
+            z.write(png, png.relative_to(demo_raw).as_posix())
+        z.write(png, "leftImg8bit/test/berlin/berlin_000000_000019_leftImg8bit.png")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cityscapes_zip(demo_raw) -> bytes:
+    """Every demo picture (77 MB): what the stage converts."""
+    return leftimg8bit_zip(demo_raw)
+
+
+@pytest.fixture(scope="module")
+def small_cityscapes_zip(demo_raw) -> bytes:
+    """A few pictures (a few MB): enough for what happens to a download."""
+    return leftimg8bit_zip(demo_raw, pictures=12)
+
+
+def cityscapes_site(server: Server, body: bytes, md5: str | None = None) -> None:
+    """What the login and cityscapesscripts' downloader touch on www.cityscapes-dataset.com."""
+    server.accounts[CITYSCAPES_USER] = CITYSCAPES_PASSWORD
+    packages = [{"name": "gtFine_trainvaltest.zip", "packageID": "1", "size": "241MB", "thirdparty": "0"},
+                {"name": citypersons.CITYSCAPES_ZIP, "packageID": "3", "size": f"{len(body) / 2**20:.1f} MB",
+                 "thirdparty": "0"}]
+    server.files["/login"] = b"<html><form method=post>...</form></html>"
+    server.files["/downloads/?list"] = json.dumps(packages).encode()
+    md5 = md5 or hashlib.md5(body).hexdigest()
+    server.files["/md5-sum/?packageID=3"] = f"{md5}  {citypersons.CITYSCAPES_ZIP}\n".encode()
+    server.files[PACKAGE] = body
+    server.private |= {"/downloads/?list", "/md5-sum/?packageID=3", PACKAGE}
+
+
+def account(password=CITYSCAPES_PASSWORD) -> dict:
+    return {"CITYSCAPES_USERNAME": CITYSCAPES_USER, "CITYSCAPES_PASSWORD": password, "PIPELINE_OFFLINE": "0"}
+
+
+def citypersons_root(tmp_path: Path, demo_raw: Path) -> Path:
+    """A project root with the .mat files in raw/ and no images: only the Cityscapes zip is missing."""
+    raw = tmp_path / "datasets/citypersons/raw"
+    raw.mkdir(parents=True)
+    for split in ("train", "val"):
+        shutil.copyfile(demo_raw / f"anno_{split}.mat", raw / f"anno_{split}.mat")
+    return tmp_path
+
+
+def test_cityscapes_url_must_be_an_address():
+    assert config.load(CITYPERSONS)["dataset"]["cityscapes_url"] == citypersons.CITYSCAPES_SITE
+    with pytest.raises(UserError, match=r"dataset.cityscapes_url=ftp://mirror must be an http:// or https://"):
+        config.load(CITYPERSONS, ["dataset.cityscapes_url=ftp://mirror"])
+
+
+def test_cityscapes_account_downloads_the_zip_with_cityscapesscripts(tmp_path, demo_raw, cityscapes_zip, server):
+    """The whole stage: it logs in, cityscapesscripts' downloader fetches the zip (its md5 checked),
+    the zip lands in raw/ byte for byte, is extracted (train and val only) and converted."""
+    root = citypersons_root(tmp_path, demo_raw)
+    cityscapes_site(server, cityscapes_zip)
+    proc = run_module("dataset", ["--config", CITYPERSONS, "evaluate.sets=[val]",
+                                  f"dataset.cityscapes_url={server.url}"], root, env=account())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    raw = root / "datasets/citypersons/raw"
+    assert (raw / citypersons.CITYSCAPES_ZIP).read_bytes() == cityscapes_zip
+    assert sorted(p.name for p in (raw / "leftImg8bit").iterdir()) == ["train", "val"]
+    built = json.loads((root / "datasets/citypersons/yolo/manifest.json").read_text())
+    assert "cityscapes_url" not in built["fingerprint"]["dataset_config"]  # a mirror is not a rebuild
+    assert not (root / "datasets/citypersons/.downloads").exists()
+    assert server.logins == [(CITYSCAPES_USER, True)]
+    assert [path for path, _, _ in server.log] == ["/login", "/downloads/?list", "/md5-sum/?packageID=3", PACKAGE]
+    assert CITYSCAPES_PASSWORD not in proc.stdout + proc.stderr
+
+
+def test_cityscapes_wrong_password_is_one_line_and_leaves_raw_alone(tmp_path, demo_raw, server):
+    root = citypersons_root(tmp_path, demo_raw)
+    cityscapes_site(server, b"never sent")
+    proc = run_module("dataset", ["--config", CITYPERSONS, "evaluate.sets=[val]",
+                                  f"dataset.cityscapes_url={server.url}"], root, env=account("wrong-one"))
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "the Cityscapes login failed: check CITYSCAPES_USERNAME and CITYSCAPES_PASSWORD" in lines[0]
+    assert "put it at datasets/citypersons/raw/leftImg8bit_trainvaltest.zip" in lines[0]
+    assert sorted(p.name for p in (root / "datasets/citypersons/raw").iterdir()) == MAT_ONLY
+    assert not (root / "datasets/citypersons/.downloads").exists()
+    assert server.logins == [(CITYSCAPES_USER, False)] and [p for p, _, _ in server.log] == ["/login"]
+    assert "wrong-one" not in proc.stdout + proc.stderr
+
+
+def test_cityscapes_download_with_the_wrong_md5_is_discarded(tmp_path, demo_raw, small_cityscapes_zip, server,
+                                                             monkeypatch, capsys):
+    body = small_cityscapes_zip
+    root = citypersons_root(tmp_path, demo_raw)
+    cityscapes_site(server, body, md5="0" * 32)
+    for k, v in account().items():
+        monkeypatch.setenv(k, v)
+    cfg = config.load(CITYPERSONS, [f"dataset.cityscapes_url={server.url}"])
+    problems = citypersons.fetch(cfg, root, online=True)
+    assert len(problems) == 1 and "did not match its md5 and was discarded" in problems[0], problems
+    assert server.log[-1] == (PACKAGE, None, len(body))  # downloaded whole, then refused
+    assert sorted(p.name for p in (root / "datasets/citypersons/raw").iterdir()) == MAT_ONLY
+    assert not (root / "datasets/citypersons/.downloads").exists()
+    out = capsys.readouterr()
+    assert CITYSCAPES_PASSWORD not in out.out + out.err + problems[0]
+
+
+def test_cityscapes_download_cut_half_way_is_kept_and_resumed(tmp_path, demo_raw, small_cityscapes_zip, server,
+                                                              monkeypatch):
+    body = small_cityscapes_zip
+    root = citypersons_root(tmp_path, demo_raw)
+    cityscapes_site(server, body)
+    server.cut.add(PACKAGE)
+    for k, v in account().items():
+        monkeypatch.setenv(k, v)
+    cfg = config.load(CITYPERSONS, [f"dataset.cityscapes_url={server.url}"])
+    part = root / "datasets/citypersons/.downloads" / citypersons.CITYSCAPES_ZIP
+    zip_path = root / "datasets/citypersons/raw" / citypersons.CITYSCAPES_ZIP
+
+    problems = citypersons.fetch(cfg, root, online=True)  # the network drops half-way
+    assert len(problems) == 1 and "the partial download is kept; the next run resumes it" in problems[0], problems
+    kept = part.stat().st_size  # what requests had handed the downloader when the connection broke
+    assert 0 < kept <= len(body) // 2 and part.read_bytes() == body[:kept]
+    assert not zip_path.exists()
+
+    assert citypersons.fetch(cfg, root, online=True) == []  # the next run
+    assert zip_path.read_bytes() == body and not part.parent.exists()
+    transfers = [(rng, sent) for path, rng, sent in server.log if path == PACKAGE]
+    assert transfers == [(None, len(body) // 2),  # cut
+                         (f"bytes={kept}-", len(body) - kept)]  # only the rest, asked for by Range
+    assert server.logins == [(CITYSCAPES_USER, True)] * 2

@@ -56,7 +56,8 @@ RANGES = {
 }
 NAME_KEYS = {"dataset.name"}  # become folder names
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-URL_KEYS = {"dataset.coco_url", "dataset.citypersons_url"}  # base addresses of downloads
+# base addresses of downloads
+URL_KEYS = {"dataset.coco_url", "dataset.citypersons_url", "dataset.cityscapes_url"}
 URL_RE = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 
 

@@ -44,8 +44,9 @@ WHERE_IMAGES = ("download leftImg8bit_trainvaltest.zip from https://www.cityscap
                 "(free account needed)")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CITYSCAPES_ZIP = "leftImg8bit_trainvaltest.zip"
-CITYSCAPES_REGISTER = "https://www.cityscapes-dataset.com/register/"
-CITYSCAPES_LOGIN = "https://www.cityscapes-dataset.com/login"
+CITYSCAPES_SITE = "https://www.cityscapes-dataset.com"  # what cityscapesscripts' downloader hard-codes
+CITYSCAPES_REGISTER = f"{CITYSCAPES_SITE}/register/"
+CITYSCAPES_LOGIN = f"{CITYSCAPES_SITE}/login"
 # The annotation files of the CityPersons repository, as pinned from the published files.
 MAT_FILES = {"train": (387145, "1e9675594e2d30772b40c046a9e3e9b24604d43c20dd93121f35d864e63bdd06"),
              "val": (77204, "e234f73b47d7e9c0dfa23a91a2bd8bd222b68a5f5fe7061e8bbfefa3435aac96")}
@@ -79,15 +80,17 @@ def fetch(cfg: dict, root: Path, online: bool) -> list[str]:
         except UserError as e:
             problems.append(str(e))
     if not (raw / "leftImg8bit").is_dir() and not (raw / CITYSCAPES_ZIP).is_file():
-        problem = fetch_cityscapes(raw / CITYSCAPES_ZIP, partial_dir, root, online)
+        problem = fetch_cityscapes(raw / CITYSCAPES_ZIP, partial_dir, root, online, d["cityscapes_url"])
         if problem:
             problems.append(problem)
     return problems
 
 
-def fetch_cityscapes(zip_path: Path, partial_dir: Path, root: Path, online: bool):
+def fetch_cityscapes(zip_path: Path, partial_dir: Path, root: Path, online: bool,
+                     site: str = CITYSCAPES_SITE):
     """Download the Cityscapes images with cityscapesscripts' downloader when the user gave an
-    account; otherwise (or if that fails) the line saying how to get them. None when done."""
+    account; otherwise (or if that fails) the line saying how to get them. None when done.
+    `site` is dataset.cityscapes_url: the Cityscapes site or a mirror of it."""
     user, password = os.environ.get("CITYSCAPES_USERNAME"), os.environ.get("CITYSCAPES_PASSWORD")
     by_hand = (f"register (free) at {CITYSCAPES_REGISTER}, download {CITYSCAPES_ZIP} from "
                f"https://www.cityscapes-dataset.com/downloads/ and put it at {paths.rel(zip_path, root)} "
@@ -106,7 +109,7 @@ def fetch_cityscapes(zip_path: Path, partial_dir: Path, root: Path, online: bool
     partial_dir.mkdir(parents=True, exist_ok=True)
     part = partial_dir / CITYSCAPES_ZIP  # the downloader names the file itself; it resumes from it
     try:
-        session = cityscapes_login(user, password)
+        session = cityscapes_login(user, password, site)
         info(STAGE, f"downloading {CITYSCAPES_ZIP} (11 GB) with cityscapesscripts into {paths.rel(partial_dir, root)}/")
         # It verifies the md5 the server publishes and raises a bare Exception on any failure.
         downloader.download_packages(session=session, package_names=[CITYSCAPES_ZIP],
@@ -119,16 +122,30 @@ def fetch_cityscapes(zip_path: Path, partial_dir: Path, root: Path, online: bool
             return f"{what}: the download did not match its md5 and was discarded; run `make dataset` again, or {by_hand}"
         kept = " (the partial download is kept; the next run resumes it)" if part.is_file() else ""
         return f"{what}: the Cityscapes download failed ({type(e).__name__}: {str(e)[:120]}){kept}; {by_hand}"
-    os.replace(part, zip_path)
+    else:
+        os.replace(part, zip_path)
+    finally:
+        download._remove_if_empty(partial_dir)  # a partial zip worth resuming keeps it
     return None
 
 
-def cityscapes_login(user: str, password: str):
+def cityscapes_login(user: str, password: str, site: str = CITYSCAPES_SITE):
     """A logged-in session. cityscapesscripts' own login() prompts on the terminal (or reads a file
     in the home folder), which a stage in a container cannot do, so log in as it does, from the
     environment variables."""
     import requests
-    session = requests.Session()
+
+    class SiteSession(requests.Session):
+        """Sends requests for CITYSCAPES_SITE to `site`. The downloader hard-codes the site's
+        addresses but makes every request through the session it is given: this is how a mirror
+        (dataset.cityscapes_url, or the tests' server on 127.0.0.1) stands in for the site."""
+        def request(self, method, url, *args, **kwargs):
+            if url.startswith(CITYSCAPES_SITE + "/"):
+                url = site.rstrip("/") + url[len(CITYSCAPES_SITE):]
+            kwargs.setdefault("timeout", download.TIMEOUT_S)  # the downloader sets none: a silent site hangs
+            return super().request(method, url, *args, **kwargs)
+
+    session = SiteSession()
     session.get(CITYSCAPES_LOGIN, allow_redirects=False, timeout=60).raise_for_status()
     r = session.post(CITYSCAPES_LOGIN, data={"username": user, "password": password, "submit": "Login"},
                      allow_redirects=False, timeout=60)
@@ -215,7 +232,8 @@ def extract_zip(zip_path: Path, folder: Path, root: Path) -> None:
 
 # Keys that change other outputs (the COCO set) or only where files come from, not this output: a
 # change there must not rebuild the CityPersons dataset.
-NOT_THIS_OUTPUT = {"coco_negatives", "coco_allow_missing_images", "coco_url", "citypersons_url"}
+NOT_THIS_OUTPUT = {"coco_negatives", "coco_allow_missing_images", "coco_url", "citypersons_url",
+                   "cityscapes_url"}
 
 
 def fingerprint(cfg: dict, raw: Path, images: Path, cache: Path) -> dict:
