@@ -51,3 +51,17 @@ def test_unknown_experiment_is_named(tmp_path):
     proc = make("dataset", "EXP=nope", root=tmp_path)
     assert proc.returncode != 0 and "configs/nope.yaml not found" in proc.stderr
     assert "known experiments: citypersons, demo" in proc.stderr
+
+
+def test_make_dataset_offline_lists_what_to_fetch_and_touches_no_network(tmp_path):
+    """`make dataset OFFLINE=1` for the real experiment on an empty project: one line per missing
+    download (the .mat files, the Cityscapes zip, the COCO archives), no socket call at all."""
+    net_log = tmp_path / "network-attempts.log"
+    env = {"PYTHONPATH": str(ROOT / "tests" / "netguard"), "NETGUARD_LOG": str(net_log),
+           "CITYSCAPES_USERNAME": "", "CITYSCAPES_PASSWORD": ""}
+    proc = make("dataset", "OFFLINE=1", "RUNNER=local", root=tmp_path / "root", env=env)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("dataset: error: missing ")]
+    assert len(lines) == 5, proc.stderr
+    assert sum("offline (OFFLINE=1)" in line for line in lines) == 4  # the Cityscapes line needs an account
+    assert not net_log.exists(), f"network attempts: {net_log.read_text()}"
