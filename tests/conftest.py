@@ -98,6 +98,14 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
     return [line for line in proc.stderr.splitlines() if "error:" in line]
 
 
+def one_error(proc: subprocess.CompletedProcess) -> str:
+    """Bad input's contract: exit 2, no traceback, exactly one error line; that line."""
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, \
+        proc.stdout[-2000:] + proc.stderr[-2000:]
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def placeholder_png() -> bytes:
     """A valid, mostly empty 2048x1024 PNG, the size of a Cityscapes leftImg8bit image."""

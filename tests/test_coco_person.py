@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import ROOT, demo_root, error_lines, run_module, stage_env
+from conftest import ROOT, demo_root, error_lines, one_error, run_module, stage_env
 from services.common import config
 from services.dataset import coco
 
@@ -164,14 +164,6 @@ def test_the_config_names_the_set_and_checks_the_new_keys():
 def stage(root: Path, *extra, env=None):
     return run_module("dataset", ["--config", DEMO, "evaluate.sets=[val, coco_person]", *extra], root,
                       env={"PIPELINE_OFFLINE": "1", **(env or {})})
-
-
-def one_error(proc) -> str:
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = error_lines(proc)
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def test_stage_builds_both_sets_from_the_archives_and_is_then_up_to_date(tmp_path, demo_raw):

@@ -7,21 +7,13 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from conftest import ROOT, demo_root, error_lines, run_module
+from conftest import ROOT, demo_root, error_lines, one_error, run_module
 
 DEMO = str(ROOT / "configs" / "demo.yaml")
 
 
 def stage(root: Path, *extra):
     return run_module("dataset", ["--config", DEMO, *extra], root)
-
-
-def one_error(proc) -> str:
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = error_lines(proc)
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def leftovers(root: Path) -> list[str]:

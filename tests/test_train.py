@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, copy_dataset, error_lines, run_module, stage_env
+from conftest import ROOT, copy_dataset, error_lines, one_error, run_module, stage_env
 
 DEMO = str(ROOT / "configs" / "demo.yaml")
 AP50_BAR, TRAIN_SECONDS_BAR = 0.8, 300
@@ -216,12 +216,6 @@ def test_out_of_memory_is_retried_with_half_the_batch(demo_run, tmp_path):
 
 
 # ------------------------------------------------------------------------------ bad input
-def one_error(proc) -> str:
-    lines = error_lines(proc)
-    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    return lines[0]
-
-
 def test_no_dataset_yet_says_run_make_dataset(tmp_path):
     line = one_error(run_module("train", ["--config", DEMO], tmp_path))
     assert "no dataset in datasets/demo/yolo yet; run `make dataset`" in line

@@ -287,10 +287,14 @@ def split_selection(records: list[dict], fraction: float, seed: int):
 
 def yolo_labels(bbs: np.ndarray, width: int, height: int, positive_ids: set):
     """YOLO lines for the positive boxes (full-body boxes clipped to the frame) and what happened."""
+    return yolo_lines([(x, y, w, h) for c, x, y, w, h in bbs[:, :5] if c in positive_ids], width, height)
+
+
+def yolo_lines(boxes, width: int, height: int):
+    """Class-0 YOLO lines for (x, y, w, h) pixel boxes clipped to the frame; how many were clipped,
+    and how many were dropped as degenerate (under a pixel wide or tall once clipped)."""
     lines, clipped, degenerate = [], 0, 0
-    for c, x, y, w, h in bbs[:, :5]:
-        if c not in positive_ids:
-            continue
+    for x, y, w, h in boxes:
         x1, y1, x2, y2 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
         if x2 - x1 < 1 or y2 - y1 < 1:
             degenerate += 1

@@ -26,7 +26,7 @@ from services.common import files, manifest, paths
 from services.common.log import UserError, info, table, warn
 
 from . import download
-from .citypersons import Linker
+from .citypersons import Linker, yolo_lines
 
 STAGE = "dataset"
 NAME = "coco"  # datasets/coco/
@@ -112,21 +112,9 @@ def select(data: dict, person_id: int, negatives: bool):
     return images, persons, with_person
 
 
-def yolo_lines(annotations: list[dict], width: int, height: int):
+def person_lines(annotations: list[dict], width: int, height: int):
     """Class-0 lines for the non-crowd person boxes, clipped to the frame, and what happened."""
-    lines, clipped, degenerate = [], 0, 0
-    for a in annotations:
-        if a.get("iscrowd", 0):
-            continue
-        x, y, w, h = a["bbox"]
-        x1, y1, x2, y2 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
-        if x2 - x1 < 1 or y2 - y1 < 1:
-            degenerate += 1
-            continue
-        clipped += (x1, y1, x2, y2) != (x, y, x + w, y + h)
-        lines.append(f"0 {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
-                     f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}")
-    return lines, clipped, degenerate
+    return yolo_lines([a["bbox"] for a in annotations if not a.get("iscrowd", 0)], width, height)
 
 
 def ultralytics_yaml() -> str:
@@ -191,7 +179,7 @@ def build(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
         (build.path / "val" / "images").mkdir(parents=True)
         (build.path / "val" / "labels").mkdir(parents=True)
         for im in tqdm(images, desc="coco person", unit="img", mininterval=0.5, leave=False):
-            lines, clipped, degenerate = yolo_lines(by_image.get(im["id"], []), im["width"], im["height"])
+            lines, clipped, degenerate = person_lines(by_image.get(im["id"], []), im["width"], im["height"])
             link(images_dir / im["file_name"], build.path / "val" / "images" / im["file_name"])
             (build.path / "val" / "labels" / (Path(im["file_name"]).stem + ".txt")).write_text(
                 "".join(line + "\n" for line in lines))
