@@ -43,6 +43,8 @@ def debian_mirror() -> str:
     for f in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
         if f.is_file():
             for line in f.read_text().splitlines():
+                if line.lstrip().startswith("#"):
+                    continue
                 for word in line.replace("URIs:", " ").split():
                     if word.startswith("http") and "security" not in word:
                         return word
