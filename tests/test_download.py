@@ -414,3 +414,23 @@ def test_cityscapes_download_cut_half_way_is_kept_and_resumed(tmp_path, demo_raw
     assert transfers == [(None, len(body) // 2),  # cut
                          (f"bytes={kept}-", len(body) - kept)]  # only the rest, asked for by Range
     assert server.logins == [(CITYSCAPES_USER, True)] * 2
+
+
+def test_cityscapes_part_with_nothing_left_to_resume_is_discarded_then_downloaded_anew(
+        tmp_path, demo_raw, small_cityscapes_zip, server, monkeypatch):
+    """A run stopped after the transfer but before the md5 check leaves the whole file as the part;
+    the site answers the resume with 416. That must not fail the same way on every run."""
+    body = small_cityscapes_zip
+    root = citypersons_root(tmp_path, demo_raw)
+    cityscapes_site(server, body)
+    for k, v in account().items():
+        monkeypatch.setenv(k, v)
+    cfg = config.load(CITYPERSONS, [f"dataset.cityscapes_url={server.url}"])
+    part = root / "datasets/citypersons/.downloads" / citypersons.CITYSCAPES_ZIP
+    part.parent.mkdir(parents=True)
+    part.write_bytes(body)
+    problems = citypersons.fetch(cfg, root, online=True)
+    assert len(problems) == 1 and "would not resume the kept partial download; it was discarded" in problems[0]
+    assert not part.exists()
+    assert citypersons.fetch(cfg, root, online=True) == []
+    assert (root / "datasets/citypersons/raw" / citypersons.CITYSCAPES_ZIP).read_bytes() == body

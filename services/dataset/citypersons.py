@@ -120,6 +120,13 @@ def fetch_cityscapes(zip_path: Path, partial_dir: Path, root: Path, online: bool
         if "MD5" in str(e):
             part.unlink(missing_ok=True)  # ours, and wrong: the next run starts over
             return f"{what}: the download did not match its md5 and was discarded; run `make dataset` again, or {by_hand}"
+        if getattr(getattr(e, "response", None), "status_code", None) == 416:
+            # Nothing left to resume from: the kept part is whole (a run stopped during the md5
+            # check) or longer than the file. The downloader cannot check it, so start over
+            # rather than fail the same way on every run.
+            part.unlink(missing_ok=True)
+            return (f"{what}: the site would not resume the kept partial download; it was discarded, "
+                    f"run `make dataset` again to download anew, or {by_hand}")
         kept = " (the partial download is kept; the next run resumes it)" if part.is_file() else ""
         return f"{what}: the Cityscapes download failed ({type(e).__name__}: {str(e)[:120]}){kept}; {by_hand}"
     else:
