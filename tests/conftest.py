@@ -62,6 +62,13 @@ class PhaseTimer:
 phase_time = PhaseTimer()
 
 
+def pytest_collection_modifyitems(items):
+    """The live container tests run last. They fill the page cache with ~14 GB of image layers, and
+    the demo training that the other tests share (timed against its 5-minute bar) ran 10-20 % slower
+    right after them on 2 cores while the kernel reclaimed that memory."""
+    items.sort(key=lambda item: item.path.name == "test_containers.py")
+
+
 def pytest_terminal_summary(terminalreporter):
     if phase_time.times or phase_time.notes:
         terminalreporter.section("phase timings")
