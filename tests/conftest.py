@@ -63,9 +63,8 @@ phase_time = PhaseTimer()
 
 
 def pytest_collection_modifyitems(items):
-    """The live container tests run last. They fill the page cache with ~14 GB of image layers, and
-    the demo training that the other tests share (timed against its 5-minute bar) ran 10-20 % slower
-    right after them on 2 cores while the kernel reclaimed that memory."""
+    """The live container tests run last, so the demo training the other tests share (timed against
+    its 5-minute bar) gets the machine before ~14 GB of image builds have gone through it."""
     items.sort(key=lambda item: item.path.name == "test_containers.py")
 
 
