@@ -292,6 +292,16 @@ def split_selection(records: list[dict], fraction: float, seed: int):
     return train, selection
 
 
+def record_moved_aside(result: dict, build, out_dir: Path, root: Path) -> None:
+    """After build_dir renamed the new output into place: say where the old one went, in the
+    manifest and on the terminal."""
+    if build.moved_aside:
+        result["moved_aside"] = paths.rel(build.moved_aside, root)
+        files.atomic_write_json(out_dir / "manifest.json", result)
+        info(STAGE, f"the previous output did not match the inputs or policy; moved aside to "
+                    f"{paths.rel(build.moved_aside, root)}")
+
+
 def yolo_labels(bbs: np.ndarray, width: int, height: int, positive_ids: set):
     """YOLO lines for the positive boxes (full-body boxes clipped to the frame) and what happened."""
     return yolo_lines([(x, y, w, h) for c, x, y, w, h in bbs[:, :5] if c in positive_ids], width, height)
@@ -486,11 +496,7 @@ def convert(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
             "wall_s": round(time.perf_counter() - t0, 3),
         }
         files.atomic_write_json(build.path / "manifest.json", result)
-    if build.moved_aside:
-        result["moved_aside"] = paths.rel(build.moved_aside, root)
-        files.atomic_write_json(out_dir / "manifest.json", result)
-        info(STAGE, f"the previous output did not match the inputs or policy; moved aside to "
-                    f"{paths.rel(build.moved_aside, root)}")
+    record_moved_aside(result, build, out_dir, root)
     report(result, out_dir, link, root)
     return result
 

@@ -26,7 +26,7 @@ from services.common import files, manifest, paths
 from services.common.log import UserError, info, table, warn
 
 from . import download
-from .citypersons import Linker, yolo_lines
+from .citypersons import Linker, record_moved_aside, yolo_lines
 
 STAGE = "dataset"
 NAME = "coco"  # datasets/coco/
@@ -223,11 +223,7 @@ def build(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
             "started": started, "finished": manifest.now(), "wall_s": round(time.perf_counter() - t0, 3),
         }
         files.atomic_write_json(build.path / "manifest.json", result)
-    if build.moved_aside:
-        result["moved_aside"] = paths.rel(build.moved_aside, root)
-        files.atomic_write_json(out_dir / "manifest.json", result)
-        info(STAGE, f"the previous output did not match the inputs or policy; moved aside to "
-                    f"{paths.rel(build.moved_aside, root)}")
+    record_moved_aside(result, build, out_dir, root)
     info(STAGE, link.summary())
     c = counts
     print(table(["set", "images", "with person", "negatives", "person boxes", "crowd", "missing"],
