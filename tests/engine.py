@@ -57,7 +57,16 @@ def podman_env() -> dict:
     nofile = min(20000, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     conf = STATE / "containers.conf"
     conf.write_text(CONTAINERS_CONF.format(nofile=nofile))
-    return {**os.environ, "CONTAINERS_CONF": str(conf)}
+    # podman stages build contexts and layer diffs in $TMPDIR (/var/tmp by default) and leaves them
+    # there when a build is interrupted: gigabytes each time. Here they stay in a folder the tests own
+    # and empty afterwards (free_podman_tmp).
+    tmp = STATE / "tmp"
+    tmp.mkdir(exist_ok=True)
+    return {**os.environ, "CONTAINERS_CONF": str(conf), "TMPDIR": str(tmp)}
+
+
+def free_podman_tmp(env: dict) -> None:
+    shutil.rmtree(env["TMPDIR"], ignore_errors=True)
 
 
 def ensure_base_image(env: dict) -> None:
@@ -98,3 +107,38 @@ def podman_service(env: dict):
             proc.kill()
         log.close()
         sock.unlink(missing_ok=True)
+
+
+# What the live test writes, measured here (benchmarks/image_sizes.py; `du` of requirements/wheels/).
+# A build holds its last layer twice (the container's copy and the committed one) until it ends.
+IMAGE_GB = {"train": 7.3, "convert": 6.6}
+WHEELS_GB = 6.3
+
+
+def storage_root(docker: str, env: dict) -> Path:
+    fmt = "{{.Store.GraphRoot}}" if docker == "podman" else "{{.DockerRootDir}}"
+    out = subprocess.run([docker, "info", "-f", fmt], env=env, capture_output=True, text=True).stdout.strip()
+    return Path(out or "/var/lib")
+
+
+def check_free_disk(docker: str, env: dict, missing: list[str], repo: Path) -> None:
+    """Fail at once, in one line, when the images and wheels cannot fit: a full disk half-way through
+    a 6 GB download says only 'No space left on device' deep in pip's traceback."""
+    if not missing:
+        return
+    store = storage_root(docker, env)
+    while not store.exists():
+        store = store.parent
+    need = {store: sum(IMAGE_GB[k] for k in missing) + max(IMAGE_GB[k] for k in missing)}
+    need_repo = WHEELS_GB
+    if os.stat(store).st_dev == os.stat(repo).st_dev:
+        need[store] += need_repo
+    else:
+        need[repo] = need_repo
+    for path, gb in need.items():
+        free = shutil.disk_usage(path).free / 1e9
+        if free < gb:
+            import pytest
+            pytest.fail(f"the live container test needs about {gb:.0f} GB free on the disk of {path} to build "
+                        f"the {' and '.join(missing)} image(s); it has {free:.1f} GB: free some space "
+                        f"(old images: `{docker} image prune -a`) and run again", pytrace=False)

@@ -36,9 +36,12 @@ def containers():
     env = engine.podman_env()
     with phase_time("containers: podman base image (debootstrap, once per machine)"):
         engine.ensure_base_image(env)
-    with engine.podman_service(env) as host:
-        yield {"vars": ["DOCKER=podman", f"COMPOSE={engine.COMPOSE_BIN}", f"BASE_IMAGE={engine.BASE_IMAGE}"],
-               "env": {**env, "DOCKER_HOST": host}, "docker_cli": "docker"}
+    try:
+        with engine.podman_service(env) as host:
+            yield {"vars": ["DOCKER=podman", f"COMPOSE={engine.COMPOSE_BIN}", f"BASE_IMAGE={engine.BASE_IMAGE}"],
+                   "env": {**env, "DOCKER_HOST": host}, "docker_cli": "docker"}
+    finally:
+        engine.free_podman_tmp(env)
 
 
 def cmake(containers, *args, root: Path, timeout=3000):
@@ -62,15 +65,23 @@ def chain(containers, tmp_path_factory):
     docker = containers["vars"][0].split("=")[1]
     missing = {k: subprocess.run([docker, "image", "inspect", v], capture_output=True).returncode != 0
                for k, v in tags.items()}
-    with phase_time("containers: make wheels (every locked package, for LOCAL_WHEELS=1)"):
-        p = make("wheels", root=root, timeout=1800)
-        assert p.returncode == 0, p.stderr[-2000:]
-    with phase_time("containers: first stage (dataset), building the train image if missing"):
-        first = cmake(containers, "dataset", "EXP=demo", f"ARGS={CHAIN_ARGS}", "LOCAL_WHEELS=1", root=root)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    with phase_time("containers: make train EXP=demo (fit, evaluate, export, rknn; convert image if missing)"):
-        proc = cmake(containers, "train", "EXP=demo", f"ARGS={CHAIN_ARGS}", "LOCAL_WHEELS=1", root=root)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    engine.check_free_disk(docker, containers["env"], [k for k, gone in missing.items() if gone], ROOT)
+    wheels = ROOT / "requirements" / "wheels"
+    had = set(wheels.iterdir())
+    try:
+        if any(missing.values()):  # wheels only feed builds
+            with phase_time("containers: make wheels (every locked package, for LOCAL_WHEELS=1)"):
+                p = make("wheels", root=root, timeout=1800)
+                assert p.returncode == 0, p.stderr[-2000:]
+        with phase_time("containers: first stage (dataset), building the train image if missing"):
+            first = cmake(containers, "dataset", "EXP=demo", f"ARGS={CHAIN_ARGS}", "LOCAL_WHEELS=1", root=root)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        with phase_time("containers: make train EXP=demo (fit, evaluate, export, rknn; convert image if missing)"):
+            proc = cmake(containers, "train", "EXP=demo", f"ARGS={CHAIN_ARGS}", "LOCAL_WHEELS=1", root=root)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    finally:
+        for f in set(wheels.iterdir()) - had:  # only what this test fetched: 6 GB the images now hold
+            f.unlink()
     return {"root": root, "first": first, "proc": proc, "tags": tags, "missing": missing, "docker": docker}
 
 

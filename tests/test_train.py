@@ -50,24 +50,15 @@ def test_demo_training_writes_weights_and_a_complete_manifest(demo_run):
 
 
 def test_demo_training_reaches_the_ap50_bar_within_five_minutes(demo_run):
-    """Stand-in until the evaluation stage lands: ultralytics' mAP50 on the demo val split
-    (split=test in the data file), labelled as such."""
+    """pycocotools AP50 on the demo val split, as the evaluation stage computed it for best.pt, and
+    the training time ultralytics logged for the last epoch."""
     root, _ = demo_run
-    rows = results(root)
-    training_seconds = float(rows[-1]["time"])
-    code = ("import json, sys; from services.common import yolo_env; yolo_env.prepare();"
-            "from ultralytics import YOLO;"
-            f"r = YOLO('{root}/artifacts/demo/weights/best.pt').val(data='{root}/datasets/demo/yolo/demo.yaml',"
-            " split='test', imgsz=256, batch=8, device='cpu', plots=False, verbose=False);"
-            "print(json.dumps({'map50': r.box.map50, 'map': r.box.map}))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=stage_env(root), capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    val = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"demo val (ultralytics mAP50, stand-in for pycocotools AP50): {val['map50']:.3f}, "
-          f"mAP50-95 {val['map']:.3f}, training time {training_seconds:.0f} s")
+    training_seconds = float(results(root)[-1]["time"])
+    coco = json.loads((root / "artifacts" / "demo" / "metrics" / "pt.json").read_text())["sets"]["val"]["coco"]
+    print(f"demo val: pycocotools AP50 {coco['AP50']:.3f}, AP50-95 {coco['AP']:.3f}, "
+          f"training time {training_seconds:.0f} s")
     assert training_seconds <= TRAIN_SECONDS_BAR
-    assert val["map50"] >= AP50_BAR
+    assert coco["AP50"] >= AP50_BAR
 
 
 def test_tensorboard_serves_the_scalars_of_the_demo_run(demo_run, tmp_path):
