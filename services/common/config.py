@@ -23,6 +23,7 @@ CHOICES = {
     "dataset.link": ["auto", "hardlink", "symlink", "copy"],
     "evaluate.format": ["all", "pt", "onnx", "onnx-rknn-head"],
     "export.simplify": ["onnxslim", "onnxsim", "none"],
+    "export.rknn_head": ["dfl", "distances", "normalized"],
     # rknn-toolkit2 2.3.2's list of targets (rknn.api.RKNN.config)
     "convert.platform": ["rk3588", "rk3576", "rk3568", "rk3566", "rk3562", "rk2118", "rv1126b", "rv1106b",
                          "rv1106", "rv1103b", "rv1103"],
@@ -38,6 +39,8 @@ RANGES = {
     "dataset.selection_fraction": (0.0, 1.0, False),
     "dataset.seed": (0, 2**32 - 1, True),
     "dataset.calib_images": (0, 100_000, True),
+    "dataset.proxy_train_images": (1, 100_000, True),  # the .mat's own count is checked when generating
+    "dataset.proxy_val_images": (1, 100_000, True),
     "train.epochs": (1, 100_000, True),
     "train.patience": (0, 100_000, True),
     "train.batch": (1, 4096, True),
@@ -94,8 +97,19 @@ def load(config_path, overrides=()) -> dict:
         _check_section(section, cfg, where="override")
         cfg[section][key] = _checked(schema, section, key, value, where="override")
 
+    _check_together(cfg["dataset"])
     cfg["experiment"] = path.stem
     return cfg
+
+
+def _check_together(d: dict) -> None:
+    """Rules between keys, once the experiment file and the overrides are applied."""
+    if d["generate_demo"] and d["generate_proxy"]:
+        raise UserError("dataset.generate_demo and dataset.generate_proxy are both true; choose one "
+                        "(the demo: 512x256 mini scenes; the proxy: CityPersons-scale frames at the real boxes)")
+    if d["generate_proxy"] and not str(d["proxy_annotations"] or "").strip():
+        raise UserError("dataset.proxy_annotations is empty; set it to the folder holding the real "
+                        "anno_train.mat and anno_val.mat (default: datasets/citypersons/raw)")
 
 
 def _parse_override(item: str):

@@ -4,11 +4,15 @@ import shutil
 from pathlib import Path
 
 from services.common import files, manifest, paths
+from services.evaluate import core
 
 HERE = Path(__file__).resolve().parent
+# Why this layout: INT8 simulator against the float ONNX of the same head (benchmarks/int8_fidelity.py;
+# README: "The RKNN head"). Filled in from the benchmark's table.
+LAYOUT_MEASUREMENTS = {}
 
 
-def write_bundle(cfg: dict, model: Path, size, toolkit_version: str, root: Path) -> Path:
+def write_bundle(cfg: dict, model: Path, size, layout: str, toolkit_version: str, root: Path) -> Path:
     e, exp = cfg["evaluate"], cfg["experiment"]
     out = paths.artifacts_dir(exp, root) / "board"
     with files.build_dir(out) as build:
@@ -20,8 +24,8 @@ def write_bundle(cfg: dict, model: Path, size, toolkit_version: str, root: Path)
         bundle = {"experiment": exp, "model": model.name, "imgsz_hw": list(size), "toolkit_version": toolkit_version,
                   "platform": cfg["convert"]["platform"], "dtype": cfg["convert"]["dtype"], "iou": e["iou"],
                   "max_det": e["max_det"], "category_ids": [1], "labels": ["person"],
-                  "outputs": {"boxes": "(1, 4, anchors): cx, cy, w, h / (w, h, w, h)",
-                              "scores": "(1, 1, anchors)"},
+                  "layout": layout, "layout_means": core.LAYOUTS[layout],
+                  "layouts_measured": LAYOUT_MEASUREMENTS,
                   "input": f"(1, {size[0]}, {size[1]}, 3) uint8 RGB, letterboxed (grey 114); normalised inside",
                   "git": manifest.git_state(), "built": manifest.now()}
         (build.path / "bundle.json").write_text(json.dumps(bundle, indent=2) + "\n")

@@ -22,13 +22,35 @@ import yolo_core as core
 HERE = Path(__file__).resolve().parent
 BUNDLE = json.loads((HERE / "bundle.json").read_text())
 SIZE = tuple(BUNDLE["imgsz_hw"])
+LAYOUT = BUNDLE.get("layout", "normalized")  # bundles from before the layout was recorded had that one
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
+class LayoutError(Exception):
+    pass
+
+
+def check_layout(outputs) -> None:
+    """The bundle's layout must be one this decode knows, and the model's outputs must have its shapes."""
+    if LAYOUT not in core.LAYOUTS or LAYOUT == "standard":
+        raise LayoutError(f"bundle.json names output layout {LAYOUT!r}, which this detect.py does not decode "
+                          f"(it knows {', '.join(k for k in core.LAYOUTS if k != 'standard')}); copy the whole "
+                          f"bundle folder from the same conversion (artifacts/<exp>/board/)")
+    if outputs is not None:
+        try:
+            found = core.layout_of([np.shape(o) for o in outputs], SIZE)
+        except ValueError as e:
+            found = str(e)
+        if found != LAYOUT:
+            raise LayoutError(f"the model's outputs do not have the {LAYOUT!r} layout bundle.json names ({found}); "
+                              f"the .rknn and bundle.json come from different conversions: copy the whole bundle "
+                              f"folder again")
+
+
 def detections(outputs, meta, conf: float, iou: float, max_det: int):
-    """The model's two outputs (boxes, scores) for one image -> original-pixel xyxy boxes, scores, classes."""
-    raw = core.join_rknn_head(outputs[0], outputs[1], SIZE)[0]
-    boxes, scores, cls = core.decode(raw, conf, iou, max_det)
+    """The model's raw outputs for one image -> original-pixel xyxy boxes, scores, classes, decoded
+    exactly as the simulator evaluation decoded them (yolo_core.postprocess)."""
+    boxes, scores, cls = core.postprocess(outputs, LAYOUT, SIZE, conf, iou, max_det)
     return core.scale_boxes(boxes, meta), scores, cls
 
 
@@ -77,6 +99,11 @@ def main() -> int:
     p.add_argument("--iou", type=float, default=BUNDLE["iou"])
     p.add_argument("--max-det", type=int, default=BUNDLE["max_det"])
     a = p.parse_args()
+    try:
+        check_layout(None)
+    except LayoutError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     from rknnlite.api import RKNNLite
     rknn = RKNNLite()
@@ -100,6 +127,13 @@ def main() -> int:
         t0 = time.perf_counter()
         outputs = rknn.inference(inputs=[nhwc], data_format="nhwc")
         ms = (time.perf_counter() - t0) * 1000
+        if not latencies:
+            try:
+                check_layout(outputs)
+            except LayoutError as e:
+                print(f"error: {e}", file=sys.stderr)
+                rknn.release()
+                return 2
         boxes, scores, cls = detections(outputs, meta, a.conf, a.iou, a.max_det)
         latencies.append(ms)
         print(f"{name}: {len(boxes)} person(s), NPU {ms:.1f} ms")

@@ -22,8 +22,9 @@ from services.evaluate import core, evaluate
 STAGE = "rknn"
 
 
-def check_onnx(path: Path, root: Path) -> tuple[int, int]:
-    """Static (1, 3, h, w) input and an opset the toolkit takes; returns (h, w)."""
+def check_onnx(path: Path, root: Path) -> tuple[tuple[int, int], str]:
+    """Static (1, 3, h, w) input, an opset the toolkit takes and an output layout the decode knows;
+    returns ((h, w), layout)."""
     import onnx
     if not path.is_file():
         raise UserError(f"no {paths.rel(path, root)} yet; run `make export` first")
@@ -41,7 +42,23 @@ def check_onnx(path: Path, root: Path) -> tuple[int, int]:
     if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims) or dims[0] != 1 or dims[1] != 3:
         raise UserError(f"{paths.rel(path, root)} has input shape {dims}; the NPU needs a static (1, 3, h, w) "
                         f"input: export again without dynamic axes (`make export`)")
-    return dims[2], dims[3]
+    size = (dims[2], dims[3])
+    shapes = [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output]
+    try:
+        layout = core.layout_of(shapes, size)
+    except ValueError as e:
+        raise UserError(f"{paths.rel(path, root)}: {e}; export it again (`make export FORCE=1`)")
+    if layout == "standard":
+        raise UserError(f"{paths.rel(path, root)} has the standard head (one output of boxes and scores), which "
+                        f"INT8 turns into all-zero scores; export the RKNN head (`make export FORCE=1`)")
+    return size, layout
+
+
+def check_settings(c: dict) -> None:
+    """Settings the toolkit cannot combine, refused before anything is built."""
+    if c["hybrid"] and c["dtype"] == "fp16":
+        raise UserError("convert.hybrid=true keeps some layers in fp16 inside an INT8 model, but convert.dtype=fp16 "
+                        "quantizes nothing; use convert.dtype=int8 with hybrid, or hybrid=false for fp16")
 
 
 def calibration_images(cfg: dict, root: Path) -> list[Path]:
@@ -86,16 +103,17 @@ class RknnSimBackend:
 
     name, batch_ok = "rknn", False
 
-    def __init__(self, rknn, size):
-        self.rknn, self.size = rknn, size
+    def __init__(self, rknn, size, layout: str):
+        self.rknn, self.size, self.layout = rknn, size, layout
         self.device = f"rknn-toolkit2 simulator on x86_64 ({manifest.cpu_name()})"
         self.max_score = 0.0
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         image = np.rint(x[0].transpose(1, 2, 0) * 255).astype(np.uint8)[None]
-        boxes, scores = self.rknn.inference(inputs=[image], data_format="nhwc")[:2]
-        self.max_score = max(self.max_score, float(np.max(scores)))
-        return core.join_rknn_head(boxes, scores, self.size)
+        outputs = self.rknn.inference(inputs=[image], data_format="nhwc")
+        scores = outputs[1::2] if self.layout in ("dfl", "distances") else outputs[1:2]
+        self.max_score = max([self.max_score] + [float(np.max(s)) for s in scores])
+        return outputs
 
 
 def float_vs_quantized(rknn, onnx_path: Path, images: list[Path]) -> dict:
@@ -120,12 +138,14 @@ def float_vs_quantized(rknn, onnx_path: Path, images: list[Path]) -> dict:
 
 
 def save_simulator_outputs(rknn, images: list[Path], size, out: Path) -> None:
-    """Raw simulator outputs for a few val images: the board script's decode is tested against them."""
+    """Raw simulator outputs for a few val images (out_<image>_<output>): the board script's decode is
+    tested against them."""
     arrays = {}
     for i, p in enumerate(images):
         x, _ = core.preprocess(cv2.imread(str(p)), size)
         image = np.rint(x[0].transpose(1, 2, 0) * 255).astype(np.uint8)[None]
-        arrays[f"boxes_{i}"], arrays[f"scores_{i}"] = rknn.inference(inputs=[image], data_format="nhwc")[:2]
+        for k, o in enumerate(rknn.inference(inputs=[image], data_format="nhwc")):
+            arrays[f"out_{i}_{k}"] = o
     with files.atomic_path(out) as tmp:
         np.savez(tmp, names=np.array([p.name for p in images]), **arrays)
 
@@ -139,7 +159,7 @@ def quantization_report(rknn, images: list[Path], keep_dumps: bool, out: Path) -
         outputs = {}
         for line in report.splitlines():
             # lines look like: "[Conv] boxes    1.00000 | 0.99812   ..." ; keep the model outputs only
-            m = re.match(r"\s*\[[^\]]*\]\s+(boxes|scores)\s+(.*)", line)
+            m = re.match(r"\s*\[[^\]]*\]\s+(boxes|scores|box_s\d+|score_s\d+)\s+(.*)", line)
             if m:
                 nums = [float(v) for v in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", m.group(2))]
                 outputs[m.group(1)] = {"values": nums, "line": line.strip()}
@@ -161,7 +181,8 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
     c, exp = cfg["convert"], cfg["experiment"]
     art = paths.artifacts_dir(exp, root)
     onnx_path = art / "models" / f"{exp}.rknn-head.onnx"
-    size = check_onnx(onnx_path, root)
+    check_settings(c)
+    size, layout = check_onnx(onnx_path, root)
     images = calibration_images(cfg, root)
     target = art / "models" / f"{exp}_{c['dtype']}_{c['platform']}.rknn"
     started, t0 = manifest.now(), time.perf_counter()
@@ -195,7 +216,7 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
 
         toolkit_call("init_runtime (simulator)", rknn.init_runtime())
         quant["float_vs_quantized"] = float_vs_quantized(rknn, onnx_path, analysis)
-        backend = RknnSimBackend(rknn, size)
+        backend = RknnSimBackend(rknn, size, layout)
         t = time.perf_counter()
         metrics = evaluate.evaluate_one(cfg, "rknn", target, root, force=True, backend=backend, size=size)
         seconds["simulator_evaluation"] = round(time.perf_counter() - t, 2)
@@ -208,12 +229,13 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
     from importlib import metadata
     result = {**manifest.provenance(STAGE, cfg, ["rknn-toolkit2", "onnx", "onnxruntime", "numpy", "torch"]),
               "onnx": paths.rel(onnx_path, root), "rknn": paths.rel(target, root), "rknn_bytes": target.stat().st_size,
-              "imgsz_hw": list(size), "calibration_images": len(calib), "seconds": seconds,
+              "imgsz_hw": list(size), "layout": layout, "calibration_images": len(calib), "seconds": seconds,
+              "settings": {k: c[k] for k in ("platform", "dtype", "algorithm", "hybrid")},
               "toolkit_version": metadata.version("rknn-toolkit2"),
               "started": started, "finished": manifest.now(), "wall_s": round(time.perf_counter() - t0, 2)}
     files.atomic_write_json(art / "models" / f"{target.stem}.manifest.json", result)
     from . import board
-    board.write_bundle(cfg, target, size, result["toolkit_version"], root)
+    board.write_bundle(cfg, target, size, layout, result["toolkit_version"], root)
     val = metrics["sets"].get("val", {})
     print(table(["model", "MB", "build s", "AP50 (simulator)", "max score", "MR-2 Reasonable %"],
                 [[paths.rel(target, root), f"{target.stat().st_size / 1e6:.1f}", seconds["build"],

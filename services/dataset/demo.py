@@ -99,15 +99,7 @@ def scene(rng, size):
     horizon = int(H * rng.uniform(0.35, 0.55))
     img = Image.new("RGB", size, _color(rng, 120, 230))
     d = ImageDraw.Draw(img)
-    d.rectangle([0, horizon, W, H], fill=_color(rng, 40, 150))  # road / pavement
-    for _ in range(rng.integers(2, 7)):  # buildings with windows: edges and colour everywhere
-        bx, bw = int(rng.integers(-20, W)), int(rng.integers(40, 160))
-        top = int(rng.integers(0, horizon - 10))
-        d.rectangle([bx, top, bx + bw, horizon], fill=_color(rng, 60, 220))
-        wc = _color(rng, 0, 255)
-        for wy in range(top + 6, horizon - 10, 18):
-            for wx in range(bx + 6, bx + bw - 8, 16):
-                d.rectangle([wx, wy, wx + 7, wy + 9], fill=wc)
+    _street(d, rng, W, H, horizon)
 
     rows, ident = [], 1
     ignore_posters = rng.random() < 0.12
@@ -148,6 +140,20 @@ def scene(rng, size):
     arr += rng.integers(-12, 13, arr.shape, dtype=np.int16)  # sensor noise, so edges are not perfect
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     return img, rows
+
+
+def _street(d, rng, W, H, horizon):
+    """Road or pavement below the horizon and buildings with windows above it: edges and colour
+    everywhere (the CityPersons-scale proxy draws the same street at 4x, services/dataset/proxy.py)."""
+    d.rectangle([0, horizon, W, H], fill=_color(rng, 40, 150))  # road / pavement
+    for _ in range(rng.integers(2, 7)):  # buildings with windows
+        bx, bw = int(rng.integers(-20, W)), int(rng.integers(40, 160))
+        top = int(rng.integers(0, horizon - 10))
+        d.rectangle([bx, top, bx + bw, horizon], fill=_color(rng, 60, 220))
+        wc = _color(rng, 0, 255)
+        for wy in range(top + 6, horizon - 10, 18):
+            for wx in range(bx + 6, bx + bw - 8, 16):
+                d.rectangle([wx, wy, wx + 7, wy + 9], fill=wc)
 
 
 def _clip_box(x, y, w, h, W, H):

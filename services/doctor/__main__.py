@@ -134,20 +134,37 @@ def disk() -> None:
 
 
 def dataset_settings(config: Path) -> tuple[str, bool, bool]:
-    """(dataset name, generated demo?, COCO person listed?) from the experiment YAML. The host's
-    python may lack PyYAML, so these two keys are read with a pattern when it does."""
+    """(dataset name, generated demo?, COCO person listed?) from the experiment YAML."""
+    d = _dataset_keys(config)
+    return d.get("name") or "citypersons", d.get("generate_demo") is True, "coco_person" in config.read_text()
+
+
+def proxy_annotations(config: Path):
+    """The folder the proxy is drawn from (dataset.proxy_annotations) when the experiment generates
+    the CityPersons-scale proxy (dataset.generate_proxy), else None."""
+    d = _dataset_keys(config)
+    if d.get("generate_proxy") is not True:
+        return None
+    return ROOT / str(d.get("proxy_annotations") or "datasets/citypersons/raw")
+
+
+def _dataset_keys(config: Path) -> dict:
+    """The experiment's dataset section. The host's python may lack PyYAML: then the keys the
+    doctor reads (name, generate_demo, generate_proxy, proxy_annotations) are read with a pattern."""
     text = config.read_text()
     try:
         import yaml
-        d = (yaml.safe_load(text) or {}).get("dataset") or {}
-        name, demo = d.get("name", "citypersons"), bool(d.get("generate_demo", False))
+        return (yaml.safe_load(text) or {}).get("dataset") or {}
     except ImportError:
         block = re.search(r"^dataset:\n((?:[ \t]+.*\n?|\s*\n)*)", text, re.M)
         body = block.group(1) if block else ""
-        m = re.search(r"^\s+name:\s*([\w.-]+)", body, re.M)
-        name = m.group(1) if m else "citypersons"
-        demo = bool(re.search(r"^\s+generate_demo:\s*true", body, re.M))
-    return name, demo, "coco_person" in text
+        d = {}
+        for key in ("name", "generate_demo", "generate_proxy", "proxy_annotations"):
+            m = re.search(rf"^\s+{key}:\s*([^\s#]+)", body, re.M)
+            if m:
+                value = m.group(1).strip("'\"")
+                d[key] = {"true": True, "false": False}.get(value, value)
+        return d
 
 
 def datasets(config: Path) -> None:
@@ -157,6 +174,18 @@ def datasets(config: Path) -> None:
     name, demo, coco = dataset_settings(config)
     if demo:
         report("ok", "datasets", f"{name}: generated on the first run (no downloads)")
+        return
+    mats = proxy_annotations(config)
+    if mats is not None:
+        where = os.path.relpath(mats, ROOT) if mats.is_relative_to(ROOT) else str(mats)
+        missing = [f for f in ("anno_train.mat", "anno_val.mat") if not (mats / f).is_file()]
+        if missing:
+            report("FAIL", "datasets", f"{name}: the proxy is drawn from the real CityPersons annotations, but "
+                   f"{where}/ lacks {', '.join(missing)}: `make dataset EXP=citypersons` downloads them "
+                   "(no Cityscapes images needed), or set dataset.proxy_annotations")
+        else:
+            report("ok", "datasets", f"{name}: generated on the first run from {where}/anno_*.mat "
+                   "(no Cityscapes images needed)")
         return
     raw = ROOT / "datasets" / name / "raw"
     images = (raw / "leftImg8bit_trainvaltest.zip").is_file() or (raw / "leftImg8bit" / "train").is_dir()

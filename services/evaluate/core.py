@@ -3,9 +3,9 @@ model, not the code. numpy and OpenCV only: it runs in the train environment and
 environment (numpy 1.26, no ultralytics), where the RKNN simulator and the board script use it too.
 
 Pre-processing is ultralytics' LetterBox (keep the aspect ratio, pad with grey 114 to the input size,
-centred), BGR -> RGB, /255, NCHW float32. Post-processing decodes the standard YOLO head output
-(1, 4 + classes, anchors) with boxes as centre x, centre y, width, height in input pixels, keeps
-scores above `conf`, runs greedy NMS, and scales the boxes back to original pixels.
+centred), BGR -> RGB, /255, NCHW float32. Post-processing takes the raw outputs of any head layout (LAYOUTS: the standard ultralytics head and
+the RKNN heads), keeps the anchors whose score is above `conf`, decodes only their boxes, runs
+class-aware greedy NMS (OpenCV's, compiled) and scales the boxes back to original pixels.
 """
 import cv2
 import numpy as np
@@ -42,13 +42,32 @@ def preprocess(image: np.ndarray, size: tuple[int, int]):
     return np.ascontiguousarray(x), (r, pad, image.shape[:2])
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Greedy NMS on xyxy boxes; indices kept, best first. Ties keep anchor order (a stable sort):
-    INT8 scores tie often, and numpy versions order ties differently otherwise."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, max_keep: int | None = None) -> np.ndarray:
+    """Greedy NMS on xyxy boxes (OpenCV's compiled one); indices kept, best first, at most `max_keep`.
+    A box goes when its IoU with a kept one exceeds `iou`. Ties keep anchor order: INT8 scores tie
+    often, and OpenCV's own sort does not keep the order of equal scores, so it gets ranks instead."""
+    n = len(boxes)
+    if not n:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(-scores, kind="stable")
+    xywh = np.concatenate([boxes[order, :2], boxes[order, 2:] - boxes[order, :2]], 1).astype(np.float64)
+    rank = np.arange(n, 0, -1, dtype=np.float32)  # distinct, exact in float32 below 2**24 boxes
+    # Greedy NMS decides each box from the better ones alone, so NMS over the best k candidates keeps
+    # exactly the first boxes NMS over all of them keeps: stop once that is `max_keep` boxes.
+    k = n if max_keep is None else min(n, 4 * max_keep)
+    while True:
+        keep = np.asarray(cv2.dnn.NMSBoxes(xywh[:k], rank[:k], 0.0, float(iou)), dtype=np.int64).reshape(-1)
+        if k == n or len(keep) >= max_keep:
+            return order[keep[:max_keep] if max_keep else keep]
+        k = min(n, 4 * k)
+
+
+def nms_reference(boxes: np.ndarray, scores: np.ndarray, iou: float, max_keep: int | None = None) -> np.ndarray:
+    """The plain numpy NMS the evaluator used before OpenCV's; kept to prove the two agree."""
     order = np.argsort(-scores, kind="stable")
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep = []
-    while order.size:
+    while order.size and len(keep) != max_keep:
         i = order[0]
         keep.append(i)
         rest = order[1:]
@@ -62,23 +81,114 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-def decode(output: np.ndarray, conf: float, iou: float, max_det: int):
-    """Standard head output (4 + classes, anchors) for one image -> xyxy boxes (input pixels), scores,
-    class ids, at most `max_det`, best first. Class-aware NMS, as ultralytics does."""
-    boxes_cxcywh, class_scores = output[:4].T, output[4:].T
-    cls = class_scores.argmax(1)
-    scores = class_scores[np.arange(len(cls)), cls]
-    keep = scores > conf
-    boxes_cxcywh, scores, cls = boxes_cxcywh[keep], scores[keep], cls[keep]
-    xy, wh = boxes_cxcywh[:, :2], boxes_cxcywh[:, 2:4]
-    boxes = np.concatenate([xy - wh / 2, xy + wh / 2], 1)
+def select(boxes: np.ndarray, scores: np.ndarray, cls: np.ndarray, iou: float, max_det: int, nms_fn=nms):
+    """Class-aware NMS over candidates already above the confidence threshold, as ultralytics does;
+    at most `max_det`, best first."""
     kept = []
     for c in np.unique(cls):
         idx = np.nonzero(cls == c)[0]
-        kept.append(idx[nms(boxes[idx], scores[idx], iou)])
+        # each class keeps at most max_det: the best max_det overall cannot hold more of one class
+        kept.append(idx[nms_fn(boxes[idx], scores[idx], iou, max_det)])
     idx = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
     idx = idx[np.argsort(-scores[idx], kind="stable")][:max_det]
     return boxes[idx], scores[idx], cls[idx]
+
+
+def decode(output: np.ndarray, conf: float, iou: float, max_det: int, nms_fn=nms):
+    """Standard head output (4 + classes, anchors) for one image -> xyxy boxes (input pixels), scores,
+    class ids, at most `max_det`, best first."""
+    return postprocess([output[None]], "standard", None, conf, iou, max_det, nms_fn)
+
+
+# ------------------------------------------------------------------------------- RKNN head layouts
+# How the RKNN model's outputs are laid out. Each INT8 output tensor gets one scale for all its values,
+# so what an output holds decides how finely it is rounded (README: "The RKNN head").
+LAYOUTS = {
+    "dfl": "per stride s in (8, 16, 32): box_s<s> (1, 64, h/s, w/s) DFL logits (4 sides x 16 bins) and "
+           "score_s<s> (1, classes, h/s, w/s) sigmoid scores; softmax, expectation and decode on the CPU",
+    "distances": "per stride s: box_s<s> (1, 4, h/s, w/s) left, top, right, bottom distances in stride units "
+                 "(0..15) and score_s<s> (1, classes, h/s, w/s) sigmoid scores; decode on the CPU",
+    "normalized": "boxes (1, 4, anchors) cx, cy, w, h divided by (w, h, w, h); scores (1, classes, anchors)",
+    "standard": "output0 (1, 4 + classes, anchors): cx, cy, w, h in input pixels, then class scores",
+}
+REG_MAX = 16
+
+
+def layout_of(shapes: list, size: tuple[int, int]) -> str:
+    """Which layout a model's output shapes (with batch 1) have, for an input of `size` (h, w)."""
+    shapes = [tuple(int(d) for d in s) for s in shapes]
+    if len(shapes) == 1 and len(shapes[0]) == 3:
+        return "standard"
+    if len(shapes) == 2 and all(len(s) == 3 for s in shapes) and shapes[0][1] == 4:
+        return "normalized"
+    if len(shapes) == 6 and all(len(s) == 4 for s in shapes):
+        grids = [(size[0] // s, size[1] // s) for s in (8, 16, 32)]
+        if [s[2:] for s in shapes[0::2]] == grids and [s[2:] for s in shapes[1::2]] == grids:
+            channels = {s[1] for s in shapes[0::2]}
+            if channels == {4 * REG_MAX}:
+                return "dfl"
+            if channels == {4}:
+                return "distances"
+    raise ValueError(f"output shapes {shapes} match no known layout ({', '.join(LAYOUTS)}) for input {list(size)}")
+
+
+def _softmax_expectation(logits: np.ndarray) -> np.ndarray:
+    """(n, 4, 16) DFL logits -> (n, 4) expected distances in stride units, in float32 on the CPU."""
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return (e * np.arange(REG_MAX, dtype=np.float32)).sum(-1) / e.sum(-1)
+
+
+def candidates(outputs: list, layout: str, size: tuple[int, int], conf: float):
+    """One image's raw outputs (each with batch 1) -> the anchors whose best class score is above
+    `conf`, as xyxy boxes in input pixels, scores and class ids. Boxes are decoded only for those."""
+    if layout == "standard":
+        out = np.asarray(outputs[0])[0]
+        scores_all, box_part = out[4:], out[:4]
+    elif layout == "normalized":
+        scores_all = np.asarray(outputs[1])[0]
+    if layout in ("standard", "normalized"):
+        cls = scores_all.argmax(0)
+        scores = scores_all[cls, np.arange(scores_all.shape[1])]
+        keep = np.nonzero(scores > conf)[0]
+        if layout == "normalized":
+            h, w = size
+            box_part = np.asarray(outputs[0])[0][:, keep] * np.array([[w], [h], [w], [h]], np.float32)
+        else:
+            box_part = box_part[:, keep]
+        cxcywh = box_part.T
+        boxes = np.concatenate([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], 1)
+        return boxes.astype(np.float32), scores[keep], cls[keep]
+    if layout not in ("dfl", "distances"):
+        raise ValueError(f"unknown output layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    all_boxes, all_scores, all_cls = [], [], []
+    for level, stride in enumerate((8, 16, 32)):
+        box, score = np.asarray(outputs[2 * level])[0], np.asarray(outputs[2 * level + 1])[0]
+        nc, gh, gw = score.shape
+        score = score.reshape(nc, gh * gw)
+        cls = score.argmax(0) if nc > 1 else np.zeros(gh * gw, dtype=np.int64)
+        best = score[cls, np.arange(gh * gw)]
+        keep = np.nonzero(best > conf)[0]
+        if layout == "dfl":
+            logits = box.reshape(4, REG_MAX, gh * gw)[:, :, keep].transpose(2, 0, 1).astype(np.float32)
+            ltrb = _softmax_expectation(logits)
+        else:
+            ltrb = box.reshape(4, gh * gw)[:, keep].T.astype(np.float32)
+        ax, ay = (keep % gw).astype(np.float32) + 0.5, (keep // gw).astype(np.float32) + 0.5
+        boxes = np.stack([ax - ltrb[:, 0], ay - ltrb[:, 1], ax + ltrb[:, 2], ay + ltrb[:, 3]], 1) * stride
+        all_boxes.append(boxes)
+        all_scores.append(best[keep])
+        all_cls.append(cls[keep])
+    return (np.concatenate(all_boxes).astype(np.float32), np.concatenate(all_scores).astype(np.float32),
+            np.concatenate(all_cls))
+
+
+def postprocess(outputs: list, layout: str, size: tuple[int, int], conf: float, iou: float, max_det: int,
+                nms_fn=nms):
+    """One image's raw outputs in any layout -> xyxy boxes (input pixels), scores, class ids, at most
+    `max_det`, best first: threshold, decode what is left, class-aware NMS. Every backend and the
+    board script go through here."""
+    boxes, scores, cls = candidates(outputs, layout, size, conf)
+    return select(boxes, scores, cls, iou, max_det, nms_fn)
 
 
 def scale_boxes(boxes: np.ndarray, meta) -> np.ndarray:
@@ -96,11 +206,3 @@ def to_coco(image_id: int, boxes: np.ndarray, scores: np.ndarray, cls: np.ndarra
              "bbox": [round(float(b[0]), 2), round(float(b[1]), 2), round(float(b[2] - b[0]), 2),
                       round(float(b[3] - b[1]), 2)], "score": round(float(s), 5)}
             for b, s, c in zip(boxes, scores, cls)]
-
-
-def join_rknn_head(boxes: np.ndarray, scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The quantization-friendly head's two outputs -> the standard (N, 4 + classes, anchors) layout:
-    boxes come normalised by (w, h, w, h) and go back to input pixels."""
-    h, w = size
-    scale = np.array([w, h, w, h], dtype=np.float32).reshape(1, 4, 1)
-    return np.concatenate([boxes * scale, scores], axis=1)

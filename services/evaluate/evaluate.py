@@ -22,16 +22,19 @@ from services.common.log import UserError, info, table, warn
 from . import core, scoring
 
 STAGE = "evaluate"
-EVALUATOR_VERSION = 2  # bump when pre/post-processing or scoring change: metrics are then recomputed
+EVALUATOR_VERSION = 3  # bump when pre/post-processing or scoring change: metrics are then recomputed
 CATEGORY_IDS = [1]  # YOLO class 0 `person` is category 1 in val_gt.json, val_coco.json and COCO
 
 
 # ---------------------------------------------------------------------------------------- backends
 class TorchBackend:
-    """The PyTorch checkpoint run as a plain module: its raw head output goes through core.decode,
-    like every other format (ultralytics' own predictor would post-process differently)."""
+    """The PyTorch checkpoint run as a plain module: its raw head output goes through core.postprocess,
+    like every other format (ultralytics' own predictor would post-process differently).
 
-    name, batch_ok = "pt", True
+    A backend maps a (n, 3, h, w) batch to its raw outputs, a list of arrays with batch n, in the
+    output layout (core.LAYOUTS) its `layout` names."""
+
+    name, batch_ok, layout = "pt", True, "standard"
 
     def __init__(self, weights: Path):
         import torch
@@ -46,10 +49,10 @@ class TorchBackend:
         self.device = manifest.cpu_name()
         torch.set_num_threads(os.cpu_count() or 1)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         with self.torch.inference_mode():
             y = self.model(self.torch.from_numpy(x))
-        return (y[0] if isinstance(y, (list, tuple)) else y).numpy()
+        return [(y[0] if isinstance(y, (list, tuple)) else y).numpy()]
 
 
 class OnnxBackend:
@@ -62,14 +65,16 @@ class OnnxBackend:
         except Exception as e:
             raise UserError(f"{paths.rel(weights)} is not a loadable ONNX model ({str(e).splitlines()[0][:120]}); "
                             f"evaluate.format=onnx needs an .onnx file such as artifacts/<exp>/models/<exp>.onnx")
-        self.input = self.session.get_inputs()[0].name
+        first = self.session.get_inputs()[0]
+        self.input, self.size = first.name, tuple(first.shape[2:])
+        try:
+            self.layout = core.layout_of([o.shape for o in self.session.get_outputs()], self.size)
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{paths.rel(weights)}: {e}; export it again with `make export FORCE=1`")
         self.device = f"onnxruntime CPU ({manifest.cpu_name()})"
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input: x})
-        if len(out) == 2:  # the rknn head: normalised boxes and scores as separate outputs
-            return core.join_rknn_head(out[0], out[1], x.shape[2:])
-        return out[0]
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self.input: x})
 
 
 def backend_for(fmt: str, weights: Path):
@@ -132,8 +137,9 @@ def detect(backend, images: list[dict], folder: Path, size, e: dict):
             inputs.append(x)
             metas.append(meta)
         out = backend(np.concatenate(inputs))
-        for im, o, meta in zip(chunk, out, metas):
-            boxes, scores, cls = core.decode(o, e["conf"], e["iou"], e["max_det"])
+        for j, (im, meta) in enumerate(zip(chunk, metas)):
+            boxes, scores, cls = core.postprocess([o[j:j + 1] for o in out], backend.layout, size, e["conf"],
+                                                  e["iou"], e["max_det"])
             dets += core.to_coco(im["id"], core.scale_boxes(boxes, meta), scores, cls, CATEGORY_IDS)
         latency += [(time.perf_counter() - t0) * 1000 / len(chunk)] * len(chunk)
     return dets, latency

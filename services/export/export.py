@@ -4,12 +4,14 @@ onnxslim as ultralytics does):
 artifacts/<exp>/models/<exp>.onnx            the standard ultralytics head, for ONNX users:
     input  images (1, 3, h, w) float32 RGB in [0, 1]
     output output0 (1, 4 + classes, anchors): cx, cy, w, h in input pixels, then class scores
-artifacts/<exp>/models/<exp>.rknn-head.onnx  the quantization-friendly head for RKNN INT8:
-    input  images (1, 3, h, w)
-    output boxes  (1, 4, anchors): cx, cy, w, h divided by (w, h, w, h), so in [0, 1]
-    output scores (1, classes, anchors) in [0, 1]
-  Boxes (0..imgsz) and scores (0..1) in one tensor share one INT8 scale, which rounds every score
-  to 0 (the "INT8 model detects nothing" failure); separate, normalised outputs each get their own.
+artifacts/<exp>/models/<exp>.rknn-head.onnx  the quantization-friendly head for RKNN INT8, in the
+    layout export.rknn_head names (services/evaluate/core.py LAYOUTS). The default, dfl, is
+    Rockchip's rknn_model_zoo layout: per stride 8, 16, 32, box_s<s> (1, 64, h/s, w/s) DFL logits
+    and score_s<s> (1, classes, h/s, w/s) sigmoid scores; the CPU does softmax and decode in float.
+  Every INT8 tensor has one scale. Boxes (0..imgsz) and scores (0..1) in one tensor round every
+  score to 0 (the "INT8 model detects nothing" failure); boxes normalised to the whole input round
+  each coordinate to 1/255 of it (8 px in a 2048-px frame). Per-stride outputs with small ranges
+  keep sub-pixel steps at any input size (README: "The RKNN head").
 
 Parity with the PyTorch model goes into artifacts/<exp>/metrics/export.json.
 """
@@ -39,10 +41,31 @@ def load_model(weights: Path):
 
 
 class RknnHead:
-    """Wraps the model so the head's one output becomes normalised boxes and scores."""
+    """Wraps the model so that its Detect head returns the outputs of an RKNN head layout
+    (core.LAYOUTS) instead of one decoded tensor:
 
-    def __new__(cls, model, size):
+    dfl        per stride: the box branch's DFL logits and the sigmoid class scores (Rockchip's
+               rknn_model_zoo layout); softmax, expectation and decode run on the CPU in float
+    distances  per stride: the DFL expectation (box side distances in stride units, 0..15) and scores
+    normalized cx, cy, w, h divided by the input size, and scores (the first RKNN head; its INT8 boxes
+               are rounded to 1/255 of the input, kept only to be measured against)
+    """
+
+    def __new__(cls, model, size, layout: str):
+        import copy
         import torch
+        model = copy.deepcopy(model)
+        detect = model.model[-1]
+
+        def per_stride(x):
+            outs = []
+            for i in range(detect.nl):
+                box, score = detect.cv2[i](x[i]), detect.cv3[i](x[i]).sigmoid()
+                if layout == "distances":
+                    b, _, gh, gw = box.shape
+                    box = detect.dfl(box.view(b, 4 * detect.reg_max, gh * gw)).view(b, 4, gh, gw)
+                outs += [box, score]
+            return tuple(outs)
 
         class _Head(torch.nn.Module):
             def __init__(self):
@@ -50,13 +73,23 @@ class RknnHead:
                 self.model = model
                 h, w = size
                 self.register_buffer("norm", torch.tensor([w, h, w, h], dtype=torch.float32).view(1, 4, 1))
+                if layout in ("dfl", "distances"):
+                    detect.forward = per_stride  # the instance attribute wins over Detect.forward
 
             def forward(self, x):
                 y = self.model(x)
+                if layout in ("dfl", "distances"):
+                    return y
                 y = y[0] if isinstance(y, (list, tuple)) else y
                 return y[:, :4] / self.norm, y[:, 4:]
 
         return _Head().eval()
+
+
+def output_names(layout: str) -> list[str]:
+    if layout == "normalized":
+        return ["boxes", "scores"]
+    return [f"{kind}_s{s}" for s in (8, 16, 32) for kind in ("box", "score")]
 
 
 def export_onnx(module, size, opset: int, out: Path, output_names, simplifier: str) -> None:
@@ -81,9 +114,10 @@ def export_onnx(module, size, opset: int, out: Path, output_names, simplifier: s
         onnx.save(model, str(tmp))
 
 
-def parity(model, size, onnx_files: dict, images: list[Path], e: dict) -> dict:
-    """Max |pt - onnx| over the raw head outputs (rknn head joined back to pixels) on val images, and
-    whether the top detections agree (same count, IoU >= 0.9 pairwise, score within 0.01)."""
+def parity(modules: dict, size, onnx_files: dict, images: list[Path], e: dict) -> dict:
+    """Per ONNX model, on val images: max |torch - onnx| over its raw outputs (each against the torch
+    module it was exported from), and whether its top detections agree with the PyTorch model's (same
+    count, IoU >= 0.9 pairwise, score within 0.01), through the same decode every backend uses."""
     import onnxruntime as ort
     import torch
     import cv2
@@ -91,15 +125,17 @@ def parity(model, size, onnx_files: dict, images: list[Path], e: dict) -> dict:
     out = {k: {"max_abs_diff": 0.0, "top_detections_agree": True, "images": len(images)} for k in sessions}
     for path in images:
         x, _ = core.preprocess(cv2.imread(str(path)), size)
+        refs = {}
         with torch.no_grad():
-            ref = model(torch.from_numpy(x))
-        ref = (ref[0] if isinstance(ref, (list, tuple)) else ref).numpy()[0]
-        ref_top = core.decode(ref, 0.25, e["iou"], 10)
+            for k, module in modules.items():
+                y = module(torch.from_numpy(x))
+                refs[k] = [t.numpy() for t in (y if isinstance(y, (list, tuple)) else [y])]
+        ref_top = core.postprocess(refs["onnx"][:1], "standard", size, 0.25, e["iou"], 10)
         for k, s in sessions.items():
             y = s.run(None, {"images": x})
-            y = (core.join_rknn_head(y[0], y[1], size) if len(y) == 2 else y[0])[0]
-            out[k]["max_abs_diff"] = max(out[k]["max_abs_diff"], float(np.abs(y - ref).max()))
-            top = core.decode(y, 0.25, e["iou"], 10)
+            diff = max(float(np.abs(a - b).max()) for a, b in zip(y, refs[k]))
+            out[k]["max_abs_diff"] = max(out[k]["max_abs_diff"], diff)
+            top = core.postprocess(y, core.layout_of([a.shape for a in y], size), size, 0.25, e["iou"], 10)
             agree = len(top[0]) == len(ref_top[0]) and all(
                 _iou(a, b) >= 0.9 and abs(sa - sb) <= 0.01
                 for a, b, sa, sb in zip(top[0], ref_top[0], top[1], ref_top[1]))
@@ -133,24 +169,21 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
     model = load_model(weights)
     started, t0 = manifest.now(), time.perf_counter()
     models.mkdir(parents=True, exist_ok=True)
+    modules = {"onnx": model, "onnx-rknn-head": RknnHead(model, size, x["rknn_head"])}
+    names = {"onnx": ["output0"], "onnx-rknn-head": output_names(x["rknn_head"])}
     timings = {}
     for name, target in targets.items():
         t = time.perf_counter()
-        if name == "onnx":
-            export_onnx(model, size, x["opset"], target, ["output0"], x["simplify"])
-        else:
-            export_onnx(RknnHead(model, size), size, x["opset"], target, ["boxes", "scores"], x["simplify"])
+        export_onnx(modules[name], size, x["opset"], target, names[name], x["simplify"])
         timings[name] = round(time.perf_counter() - t, 2)
     val_images = sorted((paths.yolo_dir(cfg["dataset"]["name"], root) / "val" / "images").glob("*.png"))[:8]
-    checks = parity(model, size, targets, val_images, e) if val_images else {}
+    checks = parity(modules, size, targets, val_images, e) if val_images else {}
     result = {**manifest.provenance(STAGE, cfg, ["torch", "onnx", "onnxslim", "onnxruntime", "ultralytics"]),
               "fingerprint": fingerprint, "weights": paths.rel(weights, root), "imgsz_hw": list(size),
               "opset": x["opset"], "simplifier": x["simplify"],
-              "models": {k: {"file": paths.rel(p, root), "bytes": p.stat().st_size,
-                             "outputs": (["output0 (1, 4+classes, anchors): cx, cy, w, h in input pixels, scores"]
-                                         if k == "onnx" else
-                                         ["boxes (1, 4, anchors): cx, cy, w, h / (w, h, w, h)",
-                                          "scores (1, classes, anchors)"])}
+              "models": {k: {"file": paths.rel(p, root), "bytes": p.stat().st_size, "outputs": names[k],
+                             "layout": "standard" if k == "onnx" else x["rknn_head"],
+                             "layout_means": core.LAYOUTS["standard" if k == "onnx" else x["rknn_head"]]}
                          for k, p in targets.items()},
               "parity_vs_pt": checks, "seconds": timings, "started": started, "finished": manifest.now(),
               "wall_s": round(time.perf_counter() - t0, 2)}
