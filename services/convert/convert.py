@@ -6,6 +6,7 @@ then, in the same process (the simulator runs only a model built in the process 
   metrics/rknn.json           the evaluator's metrics with the RKNN simulator as backend
   board/                      the .rknn, labels, the board script and its README
 """
+import os
 import re
 import shutil
 import tempfile
@@ -56,9 +57,9 @@ def check_onnx(path: Path, root: Path) -> tuple[tuple[int, int], str]:
 
 def check_settings(c: dict) -> None:
     """Settings the toolkit cannot combine, refused before anything is built."""
-    if c["hybrid"] and c["dtype"] == "fp16":
-        raise UserError("convert.hybrid=true keeps some layers in fp16 inside an INT8 model, but convert.dtype=fp16 "
-                        "quantizes nothing; use convert.dtype=int8 with hybrid, or hybrid=false for fp16")
+    if c["hybrid"] != "off" and c["dtype"] == "fp16":
+        raise UserError(f"convert.hybrid={c['hybrid']} keeps some layers in fp16 inside an INT8 model, but "
+                        f"convert.dtype=fp16 quantizes nothing; use convert.dtype=int8 with it, or convert.hybrid=off")
 
 
 def calibration_images(cfg: dict, root: Path) -> list[Path]:
@@ -75,6 +76,37 @@ def calibration_images(cfg: dict, root: Path) -> list[Path]:
         raise UserError(f"calibration list {paths.rel(listing, root)}: {len(bad)} of {len(images)} image(s) missing "
                         f"or unreadable ({shown or 'the list is empty'}); rebuild it with `make dataset FORCE=1`")
     return images
+
+
+def build_scores_in_fp16(rknn, listing: Path, work: Path) -> list[str]:
+    """Hybrid INT8 build with the class-score branches kept in fp16: rknn-toolkit2's two-step hybrid
+    quantization, its configuration edited in between. Step 1 quantizes the whole model and writes
+    <model>.quantization.cfg; every tensor of the cv3 branches (one per stride) and of the score
+    outputs is then listed under custom_quantize_layers as float16; step 2 builds from that. Scores
+    rank the detections, and the miss rate reads nothing else; boxes stay INT8 (per stride, they are
+    already fine). Returns the tensors kept in fp16."""
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hybrid-", dir=work) as tmp:
+        here = os.getcwd()
+        os.chdir(tmp)  # step 1 writes its three files into the working directory
+        try:
+            toolkit_call("hybrid_quantization_step1", rknn.hybrid_quantization_step1(dataset=str(listing)))
+            cfg = next(Path(tmp).glob("*.quantization.cfg"))
+            text = cfg.read_text()
+            kept = [k for k in re.findall(r"^    (\S+):$", text, re.M)
+                    if "/cv3." in k or re.fullmatch(r"score_s\d+(_int8)?", k)]
+            if not kept or "custom_quantize_layers: {}\n" not in text:
+                raise UserError("rknn-toolkit2's hybrid configuration does not have the expected form (no cv3 "
+                                "score branch found); use convert.hybrid=off or auto")
+            cfg.write_text(text.replace("custom_quantize_layers: {}\n", "custom_quantize_layers:\n"
+                                        + "".join(f"    {k}: float16\n" for k in kept), 1))
+            toolkit_call("hybrid_quantization_step2", rknn.hybrid_quantization_step2(
+                model_input=str(cfg.with_name(cfg.name.replace(".quantization.cfg", ".model"))),
+                data_input=str(cfg.with_name(cfg.name.replace(".quantization.cfg", ".data"))),
+                model_quantization_cfg=str(cfg)))
+        finally:
+            os.chdir(here)
+    return kept
 
 
 def letterboxed_copies(images: list[Path], size, cache: Path) -> list[Path]:
@@ -202,8 +234,11 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
                                            target_platform=c["platform"], quantized_algorithm=c["algorithm"],
                                            quantized_dtype="w8a8"))
         toolkit_call("load_onnx", rknn.load_onnx(model=str(onnx_path)))
-        toolkit_call("build", rknn.build(do_quantization=c["dtype"] == "int8", dataset=str(listing),
-                                         auto_hybrid=c["hybrid"]))
+        if c["hybrid"] == "scores":
+            build_scores_in_fp16(rknn, listing, art / "rknn")
+        else:
+            toolkit_call("build", rknn.build(do_quantization=c["dtype"] == "int8", dataset=str(listing),
+                                             auto_hybrid=c["hybrid"] == "auto"))
         seconds["build"] = round(time.perf_counter() - t, 2)
         with files.atomic_path(target) as tmp:
             toolkit_call("export_rknn", rknn.export_rknn(str(tmp)))
