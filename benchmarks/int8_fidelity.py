@@ -182,26 +182,29 @@ def cmd_quantization(target: str) -> list[tuple[str, dict]]:
             lists[n] = root / "benchmark" / f"calib-{n}.txt"
             lists[n].parent.mkdir(parents=True, exist_ok=True)
             lists[n].write_text("".join(f"{line}\n" for line in calib[:n]))
-    settings = [("normal", 100, False, "int8"), ("mmse", 100, False, "int8"), ("kl_divergence", 100, False, "int8"),
-                ("normal", 20, False, "int8"), ("normal", 300, False, "int8"), ("normal", 100, True, "int8"),
-                ("normal", 100, False, "fp16")]
+    settings = [("normal", 100, "none", "int8"), ("mmse", 100, "none", "int8"), ("kl_divergence", 100, "none", "int8"),
+                ("normal", 20, "none", "int8"), ("normal", 300, "none", "int8"), ("normal", 100, "auto", "int8"),
+                ("normal", 100, "scores", "int8"), ("mmse", 100, "scores", "int8"),
+                ("kl_divergence", 100, "scores", "int8"), ("normal", 20, "scores", "int8"),
+                ("normal", 300, "scores", "int8"), ("normal", 100, "none", "fp16")]
     rows = []
     first = True
     for algorithm, n, hybrid, dtype in settings:
         if n not in lists:
             print(f"skipped: {algorithm} with {n} calibration images (only {len(calib)} in the list)")
             continue
-        label = f"{dtype} {algorithm} calib {n}" + (" hybrid" if hybrid else "")
-        extra = [f"convert.algorithm={algorithm}", f"convert.calibration={lists[n]}", f"convert.hybrid={str(hybrid).lower()}",
-                 f"convert.dtype={dtype}"]
+        label = f"{dtype} {algorithm} calib {n} hybrid {hybrid}" if dtype == "int8" else "fp16 (ceiling)"
+        extra = [f"convert.algorithm={algorithm}", f"convert.hybrid={hybrid}", f"convert.dtype={dtype}"]
+        extra += [f"convert.calibration={lists[n]}"] if dtype == "int8" else []
         rows.append((label, fidelity(run_setting(root, exp, [*overrides, *extra], _slug(f"{exp}-{root.name} {label}"),
                                                  export=first))))
         first = False
     print(table(["setting", "build s", "MB", "AP50", "AP50-95", "MR-2 Reasonable %", "AP50 ratio", "MR-2 gap pt",
-                 "median IoU"],
+                 "median IoU", "rank rho", "bars"],
                 [[label, r["build s"], r["MB"], f"{r['INT8 AP50']:.3f}", f"{r['INT8 AP50-95']:.3f}",
                   f"{r['INT8 MR-2']:.2f}", f"{r['AP50 ratio']:.3f}", f"{r['MR-2 gap pt']:+.2f}",
-                  f"{r['median IoU']:.3f}"] for label, r in rows],
+                  f"{r['median IoU']:.3f}", f"{r['rank rho']:.3f}", "ok" if meets(r) else "MISSED"]
+                 for label, r in rows],
                 title=f"\nQuantization settings, {exp} on {root.name} {' '.join(overrides)} (float ONNX: AP50 "
                       f"{rows[0][1]['float AP50']:.3f}, MR-2 {rows[0][1]['float MR-2']:.2f} %)"))
     run_setting(root, exp, overrides, "restore-default", export=False)

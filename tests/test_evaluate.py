@@ -37,6 +37,53 @@ def test_decode_and_nms_agree_with_ultralytics():
     np.testing.assert_allclose(scores, ref[order, 4], atol=1e-6)
 
 
+def test_opencv_nms_keeps_exactly_what_the_numpy_nms_kept():
+    """OpenCV's compiled NMS against the numpy loop it replaced, with tied INT8-like scores and the
+    max_det cut-off that lets it stop early."""
+    rng = np.random.default_rng(2)
+    for trial in range(60):
+        n = int(rng.integers(1, 2500))
+        xy = rng.uniform(0, 640, (n, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(2, 150, (n, 2))], 1).astype(np.float32)
+        scores = (rng.integers(1, 256, n) / 255 if trial % 2 else rng.uniform(0, 1, n)).astype(np.float32)
+        for iou in (0.5, 0.7):
+            ref = core.nms_reference(boxes, scores, iou)
+            assert np.array_equal(core.nms(boxes, scores, iou), ref)
+            for cap in (1, 50, 300):
+                assert np.array_equal(core.nms(boxes, scores, iou, cap), ref[:cap])
+
+
+def test_rknn_head_layouts_decode_to_the_standard_heads_detections():
+    """Per-stride DFL logits and per-stride distances, decoded on the CPU, give the detections that
+    ultralytics' own decode (DFL, anchors, strides) gives for the same raw head values."""
+    import torch
+    from ultralytics.nn.modules import DFL
+    from ultralytics.utils.tal import dist2bbox, make_anchors
+    rng = np.random.default_rng(3)
+    size = (128, 256)
+    grids = [(size[0] // s, size[1] // s) for s in (8, 16, 32)]
+    logits = [rng.normal(0, 2, (1, 64, h, w)).astype(np.float32) for h, w in grids]
+    scores = [(1 / (1 + np.exp(-rng.normal(-3, 2, (1, 1, h, w))))).astype(np.float32) for h, w in grids]
+    feats = [torch.zeros(1, 1, h, w) for h, w in grids]
+    anchors, strides = (a.transpose(0, 1) for a in make_anchors(feats, torch.tensor([8.0, 16.0, 32.0]), 0.5))
+    raw = torch.cat([torch.from_numpy(x).view(1, 64, -1) for x in logits], -1)
+    dist = DFL(16)(raw)
+    standard = torch.cat([dist2bbox(dist, anchors.unsqueeze(0), xywh=True, dim=1) * strides,
+                          torch.cat([torch.from_numpy(x).view(1, 1, -1) for x in scores], -1)], 1).numpy()
+    distances = [d.reshape(1, 4, h, w) for d, (h, w) in
+                 zip(np.split(dist.numpy(), np.cumsum([h * w for h, w in grids])[:-1], axis=2), grids)]
+    ref = core.postprocess([standard], "standard", size, 0.05, 0.7, 300)
+    assert len(ref[0]) > 20
+    for layout, outputs in (("dfl", [t for pair in zip(logits, scores) for t in pair]),
+                            ("distances", [t for pair in zip(distances, scores) for t in pair])):
+        assert core.layout_of([o.shape for o in outputs], size) == layout
+        got = core.postprocess(outputs, layout, size, 0.05, 0.7, 300)
+        np.testing.assert_allclose(got[0], ref[0], atol=1e-3)
+        np.testing.assert_array_equal(got[1], ref[1])
+    with pytest.raises(ValueError, match="no known layout"):
+        core.layout_of([(1, 64, 16, 32)] * 6, size)
+
+
 def test_boxes_scale_back_to_original_pixels():
     image = np.zeros((256, 512, 3), np.uint8)
     _, meta = core.preprocess(image, (256, 256))  # scale 0.5, 64 px pad above and below

@@ -57,9 +57,12 @@ def check_onnx(path: Path, root: Path) -> tuple[tuple[int, int], str]:
 
 def check_settings(c: dict) -> None:
     """Settings the toolkit cannot combine, refused before anything is built."""
-    if c["hybrid"] != "off" and c["dtype"] == "fp16":
+    if c["hybrid"] != "none" and c["dtype"] == "fp16":
         raise UserError(f"convert.hybrid={c['hybrid']} keeps some layers in fp16 inside an INT8 model, but "
-                        f"convert.dtype=fp16 quantizes nothing; use convert.dtype=int8 with it, or convert.hybrid=off")
+                        f"convert.dtype=fp16 quantizes nothing; use convert.dtype=int8 with it, or convert.hybrid=none")
+    if c["calibration"] and c["dtype"] == "fp16":
+        raise UserError(f"convert.calibration={c['calibration']} is a calibration list, but convert.dtype=fp16 quantizes "
+                        f"nothing and rknn-toolkit2 would ignore it; drop convert.calibration or use convert.dtype=int8")
 
 
 def calibration_images(cfg: dict, root: Path) -> list[Path]:
@@ -97,7 +100,7 @@ def build_scores_in_fp16(rknn, listing: Path, work: Path) -> list[str]:
                     if "/cv3." in k or re.fullmatch(r"score_s\d+(_int8)?", k)]
             if not kept or "custom_quantize_layers: {}\n" not in text:
                 raise UserError("rknn-toolkit2's hybrid configuration does not have the expected form (no cv3 "
-                                "score branch found); use convert.hybrid=off or auto")
+                                "score branch found); use convert.hybrid=none or auto")
             cfg.write_text(text.replace("custom_quantize_layers: {}\n", "custom_quantize_layers:\n"
                                         + "".join(f"    {k}: float16\n" for k in kept), 1))
             toolkit_call("hybrid_quantization_step2", rknn.hybrid_quantization_step2(
