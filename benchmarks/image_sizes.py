@@ -30,7 +30,7 @@ def main() -> int:
         info = json.loads(proc.stdout)[0]
         layers = len(info.get("RootFS", {}).get("Layers", []))
         rows.append((image, info["Size"] / 1e9, layers))
-    print(f"| image | size (GB, uncompressed) | layers |\n|---|---|---|")
+    print("| image | size (GB, uncompressed) | layers |\n|---|---|---|")
     for image, gb, layers in rows:
         print(f"| {image} | {gb:.2f} | {layers} |")
     return 0

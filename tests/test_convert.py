@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, copy_dataset, error_lines, one_error, run_module, stage_env
+from conftest import ROOT, copy_dataset, error_lines, one_error, stage_env
 
 DEMO = str(ROOT / "configs" / "demo.yaml")
 CONVERT_PY = Path(sys.prefix).parent / "convert" / "bin" / "python"  # beside the train env make test built

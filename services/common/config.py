@@ -29,7 +29,7 @@ CHOICES = {
                          "rv1106", "rv1103b", "rv1103"],
     "convert.dtype": ["int8", "fp16"],
     "convert.algorithm": ["normal", "mmse", "kl_divergence"],
-    "convert.hybrid": ["none", "auto", "scores"],
+    "convert.hybrid": ["none", "auto", "scores", "head"],
     "evaluate.sets": ["val", "coco_person"],
     "train.optimizer": ["SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop"],
 }

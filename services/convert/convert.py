@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from services.common import files, manifest, paths
-from services.common.log import UserError, info, table
+from services.common.log import UserError, table
 from services.evaluate import core, evaluate
 
 STAGE = "rknn"
@@ -61,8 +61,9 @@ def check_settings(c: dict) -> None:
         raise UserError(f"convert.hybrid={c['hybrid']} keeps some layers in fp16 inside an INT8 model, but "
                         f"convert.dtype=fp16 quantizes nothing; use convert.dtype=int8 with it, or convert.hybrid=none")
     if c["calibration"] and c["dtype"] == "fp16":
-        raise UserError(f"convert.calibration={c['calibration']} is a calibration list, but convert.dtype=fp16 quantizes "
-                        f"nothing and rknn-toolkit2 would ignore it; drop convert.calibration or use convert.dtype=int8")
+        raise UserError(f"convert.calibration={c['calibration']} is a calibration list, but convert.dtype=fp16 "
+                        f"quantizes nothing and rknn-toolkit2 would ignore it; drop convert.calibration or use "
+                        f"convert.dtype=int8")
 
 
 def calibration_images(cfg: dict, root: Path) -> list[Path]:
@@ -81,13 +82,14 @@ def calibration_images(cfg: dict, root: Path) -> list[Path]:
     return images
 
 
-def build_scores_in_fp16(rknn, listing: Path, work: Path) -> list[str]:
-    """Hybrid INT8 build with the class-score branches kept in fp16: rknn-toolkit2's two-step hybrid
-    quantization, its configuration edited in between. Step 1 quantizes the whole model and writes
-    <model>.quantization.cfg; every tensor of the cv3 branches (one per stride) and of the score
-    outputs is then listed under custom_quantize_layers as float16; step 2 builds from that. Scores
-    rank the detections, and the miss rate reads nothing else; boxes stay INT8 (per stride, they are
-    already fine). Returns the tensors kept in fp16."""
+def build_hybrid(rknn, listing: Path, work: Path, keep: str) -> list[str]:
+    """Hybrid INT8 build with part of the Detect head kept in fp16 (`keep`: scores = the class-score
+    branch of each stride, head = the box branches too), by rknn-toolkit2's two-step hybrid
+    quantization with its configuration edited in between: step 1 quantizes the whole model and
+    writes <model>.quantization.cfg; the tensors of those branches and of the outputs they feed are
+    listed there under custom_quantize_layers as float16; step 2 builds from it. Scores rank the
+    detections and the miss rate reads nothing else, so they are what INT8 must not blur. Returns
+    the tensors kept in fp16."""
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hybrid-", dir=work) as tmp:
         here = os.getcwd()
@@ -96,13 +98,17 @@ def build_scores_in_fp16(rknn, listing: Path, work: Path) -> list[str]:
             toolkit_call("hybrid_quantization_step1", rknn.hybrid_quantization_step1(dataset=str(listing)))
             cfg = next(Path(tmp).glob("*.quantization.cfg"))
             text = cfg.read_text()
-            kept = [k for k in re.findall(r"^    (\S+):$", text, re.M)
-                    if "/cv3." in k or re.fullmatch(r"score_s\d+(_int8)?", k)]
-            if not kept or "custom_quantize_layers: {}\n" not in text:
-                raise UserError("rknn-toolkit2's hybrid configuration does not have the expected form (no cv3 "
-                                "score branch found); use convert.hybrid=none or auto")
+            tensors = re.findall(r"^    (\S+):$", text, re.M)
+            layers = [int(m) for m in re.findall(r"^/model/model\.(\d+)/", "\n".join(tensors), re.M)]
+            detect = f"/model/model.{max(layers, default=-1)}/"  # the Detect head is the last layer
+            branches = ("cv3.",) if keep == "scores" else ("cv2.", "cv3.")
+            outputs = r"score_s\d+(_int8)?" if keep == "scores" else r"(score|box)_s\d+(_int8)?"
+            kept = [t for t in tensors if any(t.startswith(detect + b) for b in branches) or re.fullmatch(outputs, t)]
+            if not any(detect + "cv3." in t for t in kept) or "custom_quantize_layers: {}\n" not in text:
+                raise UserError("rknn-toolkit2's hybrid configuration does not have the expected form (no Detect "
+                                "head branches found); use convert.hybrid=none or auto")
             cfg.write_text(text.replace("custom_quantize_layers: {}\n", "custom_quantize_layers:\n"
-                                        + "".join(f"    {k}: float16\n" for k in kept), 1))
+                                        + "".join(f"    {t}: float16\n" for t in kept), 1))
             toolkit_call("hybrid_quantization_step2", rknn.hybrid_quantization_step2(
                 model_input=str(cfg.with_name(cfg.name.replace(".quantization.cfg", ".model"))),
                 data_input=str(cfg.with_name(cfg.name.replace(".quantization.cfg", ".data"))),
@@ -237,8 +243,8 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
                                            target_platform=c["platform"], quantized_algorithm=c["algorithm"],
                                            quantized_dtype="w8a8"))
         toolkit_call("load_onnx", rknn.load_onnx(model=str(onnx_path)))
-        if c["hybrid"] == "scores":
-            build_scores_in_fp16(rknn, listing, art / "rknn")
+        if c["hybrid"] in ("scores", "head"):
+            build_hybrid(rknn, listing, art / "rknn", c["hybrid"])
         else:
             toolkit_call("build", rknn.build(do_quantization=c["dtype"] == "int8", dataset=str(listing),
                                              auto_hybrid=c["hybrid"] == "auto"))
@@ -248,7 +254,8 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
 
         val_images = sorted((paths.yolo_dir(cfg["dataset"]["name"], root) / "val" / "images").glob("*.png"))
         t = time.perf_counter()
-        analysis = letterboxed_copies(val_images[:c["analysis_images"]], size, art / "rknn" / "analysis-inputs")
+        analysis = letterboxed_copies(val_images[:c["analysis_images"]], size,  # cached by size, as calibration
+                                      art / "rknn" / f"analysis-inputs-{size[0]}x{size[1]}")
         quant = quantization_report(rknn, analysis, c["keep_analysis_dumps"], art / "metrics" / "quantization.json")
         seconds["accuracy_analysis"] = round(time.perf_counter() - t, 2)
 

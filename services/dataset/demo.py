@@ -10,8 +10,6 @@ hidden behind cars or cut by the frame, among distractors that share their colou
 label policy has something to decide.
 """
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -3,9 +3,10 @@ model, not the code. numpy and OpenCV only: it runs in the train environment and
 environment (numpy 1.26, no ultralytics), where the RKNN simulator and the board script use it too.
 
 Pre-processing is ultralytics' LetterBox (keep the aspect ratio, pad with grey 114 to the input size,
-centred), BGR -> RGB, /255, NCHW float32. Post-processing takes the raw outputs of any head layout (LAYOUTS: the standard ultralytics head and
-the RKNN heads), keeps the anchors whose score is above `conf`, decodes only their boxes, runs
-class-aware greedy NMS (OpenCV's, compiled) and scales the boxes back to original pixels.
+centred), BGR -> RGB, /255, NCHW float32. Post-processing takes the raw outputs of any head layout
+(LAYOUTS: the standard ultralytics head and the RKNN heads), keeps the anchors whose score is above
+`conf`, decodes only their boxes, runs class-aware greedy NMS (OpenCV's, compiled) and scales the
+boxes back to original pixels.
 """
 import cv2
 import numpy as np
