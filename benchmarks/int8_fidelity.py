@@ -10,7 +10,7 @@ ROOT is a project root (PIPELINE_ROOT) holding a trained artifacts/<EXP>/weights
 dataset; OVERRIDES are `section.key=value` separated by commas (e.g. export.imgsz=[640,1280]). Each
 setting runs the real stages on that root: export (train environment), evaluation of the float
 ONNX of the RKNN head (onnxruntime), and the RKNN build with its simulator evaluation (convert
-environment, rknn-toolkit2). Results of each setting are kept under ROOT/benchmark/<label>/.
+environment, rknn-toolkit2). Results of each setting are kept under ROOT/artifacts/EXP/benchmark/<label>/.
 
 `all` builds what it needs under --work (default /tmp/int8-fidelity): the demo trained with seeds
 0, 1, 2 (`make demo ARGS=train.seed=S`), and the CityPersons-scale proxy (configs/proxy.yaml) at 640
@@ -39,6 +39,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from services.common import files  # noqa: E402
 VENV = Path(os.environ.get("VENV", ROOT / ".venv"))
 TRAIN_PY, CONVERT_PY = VENV / "train" / "bin" / "python", VENV / "convert" / "bin" / "python"
 BARS = {"AP50 ratio": 0.99, "AP50-95 ratio": 0.95, "MR-2 gap pt": 1.0, "median IoU": 0.97}
@@ -62,11 +63,11 @@ def stage(python: Path, module: str, root: Path, exp: str, overrides: list[str],
 
 def run_setting(root: Path, exp: str, overrides: list[str], label: str, export: bool = True) -> Path:
     """export -> float ONNX evaluation -> RKNN build + simulator evaluation; results copied to
-    ROOT/benchmark/<label>/."""
-    out = root / "benchmark" / label
+    ROOT/artifacts/EXP/benchmark/<label>/."""
+    out = root / "artifacts" / exp / "benchmark" / label
     log = out / "stages.log"
     if out.exists():
-        shutil.rmtree(out)  # the benchmark's own scratch results, rebuilt from the artifacts
+        files.move_aside(out)  # an earlier measurement of the same setting: kept, never deleted
     if export:
         stage(TRAIN_PY, "export", root, exp, overrides, log)
         stage(TRAIN_PY, "evaluate", root, exp, ["evaluate.format=onnx-rknn-head", *overrides], log)
@@ -179,7 +180,7 @@ def cmd_quantization(target: str) -> list[tuple[str, dict]]:
     lists = {}
     for n in (20, 100, 300):
         if len(calib) >= n:
-            lists[n] = root / "benchmark" / f"calib-{n}.txt"
+            lists[n] = root / "artifacts" / exp / "benchmark" / f"calib-{n}.txt"
             lists[n].parent.mkdir(parents=True, exist_ok=True)
             lists[n].write_text("".join(f"{line}\n" for line in calib[:n]))
     settings = [("normal", 100, "none", "int8"), ("mmse", 100, "none", "int8"), ("kl_divergence", 100, "none", "int8"),
@@ -312,8 +313,8 @@ def main() -> int:
     sub.add_parser("layouts").add_argument("target")
     sub.add_parser("quantization").add_argument("target")
     sub.add_parser("decode").add_argument("target")
-    sub.add_parser("report", help="the fidelity table of results kept under ROOT/benchmark/").add_argument(
-        "results", nargs="+", type=Path)
+    report = sub.add_parser("report", help="the fidelity table of results kept in ROOT/artifacts/EXP/benchmark/")
+    report.add_argument("results", nargs="+", type=Path)
     all_ = sub.add_parser("all")
     all_.add_argument("--work", type=Path, default=Path("/tmp/int8-fidelity"))
     all_.add_argument("--annotations", type=Path, default=ROOT.parent / "shared" / "data" / "citypersons",
