@@ -243,8 +243,9 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
                                            target_platform=c["platform"], quantized_algorithm=c["algorithm"],
                                            quantized_dtype="w8a8"))
         toolkit_call("load_onnx", rknn.load_onnx(model=str(onnx_path)))
+        kept_fp16 = []
         if c["hybrid"] in ("scores", "head"):
-            build_hybrid(rknn, listing, art / "rknn", c["hybrid"])
+            kept_fp16 = build_hybrid(rknn, listing, art / "rknn", c["hybrid"])
         else:
             toolkit_call("build", rknn.build(do_quantization=c["dtype"] == "int8", dataset=str(listing),
                                              auto_hybrid=c["hybrid"] == "auto"))
@@ -276,6 +277,7 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
               "onnx": paths.rel(onnx_path, root), "rknn": paths.rel(target, root), "rknn_bytes": target.stat().st_size,
               "imgsz_hw": list(size), "layout": layout, "calibration_images": len(calib), "seconds": seconds,
               "settings": {k: c[k] for k in ("platform", "dtype", "algorithm", "hybrid")},
+              "kept_in_fp16": kept_fp16,
               "toolkit_version": metadata.version("rknn-toolkit2"),
               "started": started, "finished": manifest.now(), "wall_s": round(time.perf_counter() - t0, 2)}
     files.atomic_write_json(art / "models" / f"{target.stem}.manifest.json", result)
