@@ -136,7 +136,7 @@ def meets(row: dict) -> bool:
 def print_fidelity(rows: list[tuple[str, dict]], title: str) -> None:
     from services.common.log import table
     cols = ["float AP50", "INT8 AP50", "AP50 ratio", "AP50-95 ratio", "float MR-2", "INT8 MR-2", "MR-2 gap pt",
-            "median IoU", "IoU p10", "distinct scores", "rank rho"]
+            "median IoU", "IoU p10", "distinct scores", "rank rho", "INT8 AP50-95", "build s", "MB"]
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     print(table(["setting", *cols, "bars"], [[label, *[fmt(r[c]) for c in cols], "ok" if meets(r) else "MISSED"]
                                              for label, r in rows],
@@ -172,7 +172,7 @@ def cmd_layouts(target: str) -> list[tuple[str, dict]]:
     return rows
 
 
-def cmd_quantization(target: str) -> list[tuple[str, dict]]:
+def cmd_quantization(target: str, skip: str = "") -> list[tuple[str, dict]]:
     from services.common.log import table
     root, exp, overrides = parse_target(target)
     # calibration lists of 20, 100 and 300 images: prefixes of one list drawn from train
@@ -191,6 +191,9 @@ def cmd_quantization(target: str) -> list[tuple[str, dict]]:
     first = True
     for algorithm, n, hybrid, dtype in settings:
         label = f"int8 {algorithm} calib {min(n, len(calib))} hybrid {hybrid}" if dtype == "int8" else "fp16 (ceiling)"
+        if skip and re.search(skip, label):
+            print(f"skipped: {label}")
+            continue
         extra = [f"convert.algorithm={algorithm}", f"convert.hybrid={hybrid}", f"convert.dtype={dtype}"]
         extra += [f"convert.calibration={lists[n]}"] if dtype == "int8" else []
         rows.append((label, fidelity(run_setting(root, exp, [*overrides, *extra], _slug(f"{exp}-{root.name} {label}"),
@@ -307,7 +310,9 @@ def main() -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("fidelity").add_argument("targets", nargs="+")
     sub.add_parser("layouts").add_argument("target")
-    sub.add_parser("quantization").add_argument("target")
+    quant = sub.add_parser("quantization")
+    quant.add_argument("target")
+    quant.add_argument("--skip", default="", help="a regular expression: settings whose label matches are skipped")
     sub.add_parser("decode").add_argument("target")
     report = sub.add_parser("report", help="the fidelity table of results kept in ROOT/artifacts/EXP/benchmark/")
     report.add_argument("results", nargs="+", type=Path)
@@ -326,7 +331,7 @@ def main() -> int:
         cmd_layouts(a.target)
         return 0
     if a.cmd == "quantization":
-        cmd_quantization(a.target)
+        cmd_quantization(a.target, a.skip)
         return 0
     if a.cmd == "decode":
         return 0 if all(ms <= bar for _, ms, bar, *_ in cmd_decode(a.target)) else 1
