@@ -235,25 +235,32 @@ def cmd_decode(target: str) -> list[tuple[str, float, float]]:
     images = sorted((root / "datasets" / name / "yolo" / "val" / "images").glob("*.png"))[:20]
     outputs = [session.run(None, {"images": core.preprocess(cv2.imread(str(p)), size)[0]}) for p in images]
     anchors = sum((size[0] // s) * (size[1] // s) for s in (8, 16, 32))
+    # The worst case the bar was set for: ~6000 candidates at conf 0.001 (an untrained or confused
+    # model). The real frames' box logits with scores drawn as u**5.6, 71 % of them above 0.001.
+    rng = np.random.default_rng(0)
+    crowded = [[o if i % 2 == 0 or layout not in ("dfl", "distances") else
+                (rng.uniform(0, 1, o.shape) ** 5.6).astype(np.float32) for i, o in enumerate(out)] for out in outputs]
     rows = []
-    for conf, bar in ((0.25, 1.0), (0.001, 20.0)):
-        cands = [len(core.candidates(o, layout, size, conf)[0]) for o in outputs]
+    for conf, bar, frames, what in ((0.25, 1.0, outputs, "conf 0.25"), (0.001, 20.0, outputs, "conf 0.001"),
+                                    (0.001, 20.0, crowded, "conf 0.001, crowded")):
+        outputs_ = frames
+        cands = [len(core.candidates(o, layout, size, conf)[0]) for o in outputs_]
         t0 = time.perf_counter()
         reps = 5
         for _ in range(reps):
-            for o in outputs:
+            for o in outputs_:
                 core.postprocess(o, layout, size, conf, 0.7, 300)
-        ms = (time.perf_counter() - t0) * 1000 / (reps * len(outputs))
+        ms = (time.perf_counter() - t0) * 1000 / (reps * len(outputs_))
         t0 = time.perf_counter()
-        for o in outputs[:5]:
+        for o in outputs_[:5]:
             core.postprocess(o, layout, size, conf, 0.7, 300, nms_fn=core.nms_reference)
         ref_ms = (time.perf_counter() - t0) * 1000 / 5
         same = all(all(np.array_equal(a, b) for a, b in zip(core.postprocess(o, layout, size, conf, 0.7, 300),
                                                              core.postprocess(o, layout, size, conf, 0.7, 300,
                                                                               nms_fn=core.nms_reference)))
-                   for o in outputs)
-        rows.append((f"conf {conf}", ms, bar, float(np.mean(cands)), ref_ms, same))
-    print(table(["decode + NMS", "candidates/frame", "ms/frame", "bar ms", "", "numpy NMS ms", "identical"],
+                   for o in outputs_)
+        rows.append((what, ms, bar, float(np.mean(cands)), ref_ms, same))
+    print(table(["decode + NMS", "candidates/frame", "ms/frame", "bar ms", "", "numpy NMS ms (same cut-off)", "identical"],
                 [[r[0], f"{r[3]:.0f}", f"{r[1]:.2f}", r[2], "ok" if r[1] <= r[2] else "MISSED", f"{r[4]:.1f}", r[5]]
                  for r in rows],
                 title=f"\nDecode speed, {layout} layout at {size[0]}x{size[1]} ({anchors} anchors), "
