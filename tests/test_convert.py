@@ -143,10 +143,17 @@ def test_board_script_refuses_a_layout_it_does_not_know(demo_run, tmp_path):
         detect.check_layout([np.zeros((1, 4, 32, 32)), np.zeros((1, 1, 32, 32))] * 3)
 
 
-def test_hybrid_with_fp16_is_refused_before_any_work(demo_run, tmp_path):
+def test_settings_the_toolkit_cannot_combine_are_refused_before_any_work(demo_run, tmp_path):
     root = copy_dataset(demo_run[0], tmp_path)
     proc = subprocess.run([str(CONVERT_PY), "-m", "services.convert", "--config", DEMO, "convert.dtype=fp16",
                            "convert.hybrid=scores"], cwd=ROOT, env=stage_env(root), capture_output=True, text=True,
                           timeout=600)
     line = one_error(proc)
     assert "convert.hybrid=scores" in line and "convert.dtype=fp16" in line and "convert.hybrid=none" in line
+    # a calibration list the toolkit cannot use: fp16 quantizes nothing, and rknn-toolkit2 would drop it silently
+    proc = subprocess.run([str(CONVERT_PY), "-m", "services.convert", "--config", DEMO, "convert.dtype=fp16",
+                           "convert.hybrid=none", "convert.calibration=datasets/demo/yolo/calib.txt"], cwd=ROOT,
+                          env=stage_env(root), capture_output=True, text=True, timeout=600)
+    line = one_error(proc)
+    assert "calibration list" in line and "drop convert.calibration or use convert.dtype=int8" in line
+    assert not list((root / "artifacts").rglob("*.rknn"))
