@@ -142,6 +142,25 @@ def test_same_seed_gives_identical_metrics_without_touching_the_network(demo_run
     assert not net_log.exists(), f"network attempts: {net_log.read_text()}"
 
 
+def test_an_unreadable_checkpoint_is_moved_aside_and_training_starts_anew(demo_run, tmp_path):
+    """ultralytics rewrites last.pt in place once more at the end (strip_optimizer); a kill there leaves
+    half a file. The next run says so, keeps the run (moved aside) and trains anew."""
+    root = copy_dataset(demo_run[0], tmp_path)
+    run_dir = root / "runs" / "demo" / "train"
+    assert short(root, epochs=1).returncode == 0
+    state = json.loads((run_dir / "stage.json").read_text())
+    (run_dir / "stage.json").write_text(json.dumps({**state, "status": "running"}))
+    last = run_dir / "weights" / "last.pt"
+    half = last.read_bytes()[: last.stat().st_size // 2]
+    last.write_bytes(half)
+    proc = short(root, epochs=1)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cannot be read" in proc.stdout and "training anew" in proc.stdout
+    aside = [p for p in run_dir.parent.iterdir() if p.name.startswith("train.old-")]
+    assert len(aside) == 1 and (aside[0] / "weights" / "last.pt").read_bytes() == half  # kept, not deleted
+    assert [int(float(r["epoch"])) for r in results(root)] == [1]
+
+
 def test_killed_training_resumes_without_duplicate_epochs(demo_run, tmp_path):
     root = copy_dataset(demo_run[0], tmp_path)
     last = root / "runs" / "demo" / "train" / "weights" / "last.pt"

@@ -125,10 +125,29 @@ def diff_keys(old: dict, new: dict) -> list[str]:
             if old.get(k) != new.get(k)]
 
 
-def checkpoint_epoch(last: Path) -> int:
-    """Epochs completed in last.pt (ultralytics stores the 0-based epoch; -1 once training finished)."""
+def checkpoint_epoch(last: Path) -> int | None:
+    """Epochs completed in last.pt (ultralytics stores the 0-based epoch; -1 once training finished);
+    None when the file cannot be read (a kill while ultralytics' final strip_optimizer rewrote it)."""
     import torch
-    return int(torch.load(last, map_location="cpu", weights_only=False).get("epoch", -1)) + 1
+    try:
+        return int(torch.load(last, map_location="cpu", weights_only=False).get("epoch", -1)) + 1
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError):
+        return None
+
+
+class _AtomicCheckpoint(type(Path())):
+    """A checkpoint path whose write_bytes, which ultralytics' save_model uses for last.pt and
+    best.pt after every epoch, writes a temporary file and renames it into place: a kill during the
+    write leaves the previous checkpoint, never half of one (which resume could not read)."""
+
+    def write_bytes(self, data) -> int:
+        with files.atomic_path(Path(self)) as tmp:
+            tmp.write_bytes(data)
+        return len(data)
+
+
+def _atomic_checkpoints(trainer) -> None:
+    trainer.last, trainer.best = _AtomicCheckpoint(trainer.last), _AtomicCheckpoint(trainer.best)
 
 
 def trim_results(csv_path: Path, epochs_done: int) -> None:
@@ -174,6 +193,9 @@ def run(cfg: dict, root: Path = paths.ROOT, fresh: bool = False, callbacks=()) -
     elif state and state["status"] == "finished" and (art / "train" / "manifest.json").is_file():
         info(STAGE, f"{paths.rel(run_dir, root)} is finished and up to date; FRESH=1 trains anew")
         return files.read_json(art / "train" / "manifest.json")
+    elif state and last.is_file() and checkpoint_epoch(last) is None:
+        info(STAGE, f"{paths.rel(last, root)} cannot be read (the run was killed while it was written); moved "
+                    f"the run aside to {paths.rel(files.move_aside(run_dir), root)} and training anew")
     elif state and last.is_file():
         resume = True
     elif run_dir.exists():  # a run that died before its first checkpoint: keep it, but out of the way
@@ -213,6 +235,7 @@ def _train_with_retries(args, model_src, run_dir, state, state_file, resume, t, 
         else:
             model = YOLO(model_src)
         seen = {"batches": []}
+        model.add_callback("on_pretrain_routine_start", _atomic_checkpoints)
         model.add_callback("on_train_epoch_end", lambda tr: seen["batches"].append(tr.batch_size))
         for event, fn in callbacks:
             model.add_callback(event, fn)
