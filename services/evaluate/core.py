@@ -139,46 +139,46 @@ def _softmax_expectation(logits: np.ndarray) -> np.ndarray:
     return (e * np.arange(REG_MAX, dtype=np.float32)).sum(-1) / e.sum(-1)
 
 
+def _above(scores: np.ndarray, conf: float):
+    """(classes, anchors) scores -> indices of the anchors whose best class score is above `conf`,
+    that score and that class."""
+    cls = scores.argmax(0)
+    best = scores[cls, np.arange(scores.shape[1])]
+    keep = np.nonzero(best > conf)[0]
+    return keep, best[keep], cls[keep]
+
+
 def candidates(outputs: list, layout: str, size: tuple[int, int], conf: float):
     """One image's raw outputs (each with batch 1) -> the anchors whose best class score is above
     `conf`, as xyxy boxes in input pixels, scores and class ids. Boxes are decoded only for those."""
-    if layout == "standard":
-        out = np.asarray(outputs[0])[0]
-        scores_all, box_part = out[4:], out[:4]
-    elif layout == "normalized":
-        scores_all = np.asarray(outputs[1])[0]
     if layout in ("standard", "normalized"):
-        cls = scores_all.argmax(0)
-        scores = scores_all[cls, np.arange(scores_all.shape[1])]
-        keep = np.nonzero(scores > conf)[0]
-        if layout == "normalized":
-            h, w = size
-            box_part = np.asarray(outputs[0])[0][:, keep] * np.array([[w], [h], [w], [h]], np.float32)
+        if layout == "standard":
+            out = np.asarray(outputs[0])[0]
+            box_part, scale = out[:4], 1.0
+            keep, scores, cls = _above(out[4:], conf)
         else:
-            box_part = box_part[:, keep]
-        cxcywh = box_part.T
+            h, w = size
+            box_part, scale = np.asarray(outputs[0])[0], np.array([[w], [h], [w], [h]], np.float32)
+            keep, scores, cls = _above(np.asarray(outputs[1])[0], conf)
+        cxcywh = (box_part[:, keep] * scale).T
         boxes = np.concatenate([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], 1)
-        return boxes.astype(np.float32), scores[keep], cls[keep]
+        return boxes.astype(np.float32), scores, cls
     if layout not in ("dfl", "distances"):
         raise ValueError(f"unknown output layout {layout!r}; known: {', '.join(LAYOUTS)}")
     all_boxes, all_scores, all_cls = [], [], []
     for level, stride in enumerate((8, 16, 32)):
         box, score = np.asarray(outputs[2 * level])[0], np.asarray(outputs[2 * level + 1])[0]
         nc, gh, gw = score.shape
-        score = score.reshape(nc, gh * gw)
-        cls = score.argmax(0) if nc > 1 else np.zeros(gh * gw, dtype=np.int64)
-        best = score[cls, np.arange(gh * gw)]
-        keep = np.nonzero(best > conf)[0]
+        keep, best, cls = _above(score.reshape(nc, gh * gw), conf)
         if layout == "dfl":
             logits = box.reshape(4, REG_MAX, gh * gw)[:, :, keep].transpose(2, 0, 1).astype(np.float32)
             ltrb = _softmax_expectation(logits)
         else:
             ltrb = box.reshape(4, gh * gw)[:, keep].T.astype(np.float32)
         ax, ay = (keep % gw).astype(np.float32) + 0.5, (keep // gw).astype(np.float32) + 0.5
-        boxes = np.stack([ax - ltrb[:, 0], ay - ltrb[:, 1], ax + ltrb[:, 2], ay + ltrb[:, 3]], 1) * stride
-        all_boxes.append(boxes)
-        all_scores.append(best[keep])
-        all_cls.append(cls[keep])
+        all_boxes.append(np.stack([ax - ltrb[:, 0], ay - ltrb[:, 1], ax + ltrb[:, 2], ay + ltrb[:, 3]], 1) * stride)
+        all_scores.append(best)
+        all_cls.append(cls)
     return (np.concatenate(all_boxes).astype(np.float32), np.concatenate(all_scores).astype(np.float32),
             np.concatenate(all_cls))
 
