@@ -224,16 +224,16 @@ def cmd_decode(target: str) -> list[tuple[str, float, float]]:
     import cv2
     import onnxruntime as ort
     from services.common.log import table
-    from services.evaluate import core
+    from services.common import decode
     cv2.setNumThreads(1)
     root, exp, overrides = parse_target(target)
     model = root / "artifacts" / exp / "models" / f"{exp}.rknn-head.onnx"
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     size = tuple(session.get_inputs()[0].shape[2:])
-    layout = core.layout_of([o.shape for o in session.get_outputs()], size)
+    layout = decode.layout_of([o.shape for o in session.get_outputs()], size)
     name = _dataset_name(exp)
     images = sorted((root / "datasets" / name / "yolo" / "val" / "images").glob("*.png"))[:20]
-    outputs = [session.run(None, {"images": core.preprocess(cv2.imread(str(p)), size)[0]}) for p in images]
+    outputs = [session.run(None, {"images": decode.preprocess(cv2.imread(str(p)), size)[0]}) for p in images]
     anchors = sum((size[0] // s) * (size[1] // s) for s in (8, 16, 32))
     # The worst case the bar was set for: ~6000 candidates at conf 0.001 (an untrained or confused
     # model). The real frames' box logits with scores drawn as u**5.6, 71 % of them above 0.001.
@@ -244,20 +244,20 @@ def cmd_decode(target: str) -> list[tuple[str, float, float]]:
     for conf, bar, frames, what in ((0.25, 1.0, outputs, "conf 0.25"), (0.001, 20.0, outputs, "conf 0.001"),
                                     (0.001, 20.0, crowded, "conf 0.001, crowded")):
         outputs_ = frames
-        cands = [len(core.candidates(o, layout, size, conf)[0]) for o in outputs_]
+        cands = [len(decode.candidates(o, layout, size, conf)[0]) for o in outputs_]
         t0 = time.perf_counter()
         reps = 5
         for _ in range(reps):
             for o in outputs_:
-                core.postprocess(o, layout, size, conf, 0.7, 300)
+                decode.postprocess(o, layout, size, conf, 0.7, 300)
         ms = (time.perf_counter() - t0) * 1000 / (reps * len(outputs_))
         t0 = time.perf_counter()
         for o in outputs_[:5]:
-            core.postprocess(o, layout, size, conf, 0.7, 300, nms_fn=core.nms_reference)
+            decode.postprocess(o, layout, size, conf, 0.7, 300, nms_fn=decode.nms_reference)
         ref_ms = (time.perf_counter() - t0) * 1000 / 5
-        same = all(all(np.array_equal(a, b) for a, b in zip(core.postprocess(o, layout, size, conf, 0.7, 300),
-                                                             core.postprocess(o, layout, size, conf, 0.7, 300,
-                                                                              nms_fn=core.nms_reference)))
+        same = all(all(np.array_equal(a, b) for a, b in zip(decode.postprocess(o, layout, size, conf, 0.7, 300),
+                                                             decode.postprocess(o, layout, size, conf, 0.7, 300,
+                                                                              nms_fn=decode.nms_reference)))
                    for o in outputs_)
         rows.append((what, ms, bar, float(np.mean(cands)), ref_ms, same))
     print(table(["decode + NMS", "candidates/frame", "ms/frame", "bar ms", "", "numpy NMS ms (same cut-off)", "identical"],
@@ -301,8 +301,8 @@ def cmd_all(work: Path, annotations: Path) -> int:
     cmd_layouts(f"{proxy}:proxy:export.imgsz=[640,1280]")
     cmd_quantization(f"{proxy}:proxy:export.imgsz=640")
     run_setting(proxy, "proxy", ["export.imgsz=640"], "decode-model")  # a 640x640 model: 8400 anchors
-    decode = cmd_decode(f"{proxy}:proxy")
-    ok = all(meets(r) for _, r in rows) and all(ms <= bar for _, ms, bar, *_ in decode)
+    decode_rows = cmd_decode(f"{proxy}:proxy")
+    ok = all(meets(r) for _, r in rows) and all(ms <= bar for _, ms, bar, *_ in decode_rows)
     return 0 if ok else 1
 
 

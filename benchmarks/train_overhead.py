@@ -57,7 +57,7 @@ def main() -> int:
                      f"deterministic={t['deterministic']}", f"device={t['device']}", f"workers={t['workers']}",
                      f"patience={t['patience'] or 10**9}", f"fraction={a.fraction}", "val=True", "plots=True",
                      f"project={root / 'bare'}", "name=train", "exist_ok=True"]
-        stage_cmd = [sys.executable, "-m", "services.train", "--config", "configs/demo.yaml", "--fresh",
+        stage_cmd = [sys.executable, "-m", "services.fit", "--config", "configs/demo.yaml", "--fresh",
                      f"train.epochs={a.epochs}", f"train.extra={{fraction: {a.fraction}}}"]
         yolo = str(Path(sys.executable).parent / "yolo")
 

@@ -22,6 +22,24 @@ needs_real_citypersons = pytest.mark.skipif(
 sys.path.insert(0, str(ROOT))
 
 
+def pipeline_venv() -> Path:
+    """The folder holding the environments `make` builds (train/, convert/, tools/): $PIPELINE_VENV
+    (Make's VENV; whoever launches pytest sets it; relative to the project root), else the folder
+    above the environment this pytest runs in."""
+    venv = os.environ.get("PIPELINE_VENV")
+    if not venv:
+        return Path(sys.prefix).parent
+    return Path(venv) if Path(venv).is_absolute() else ROOT / venv
+
+
+# The convert environment's interpreter (rknn-toolkit2 lives there, not in the train environment).
+CONVERT_PY = pipeline_venv() / "convert" / "bin" / "python"
+needs_convert_env = pytest.mark.skipif(
+    not CONVERT_PY.is_file(),
+    reason=f"the convert environment's python {CONVERT_PY} does not exist (`make test` builds it; "
+           f"set PIPELINE_VENV to the folder holding train/ and convert/)")
+
+
 def stage_env(root: Path) -> dict:
     """The environment a user's shell gives a stage, with outputs under `root`. Without pytest's
     marker: ultralytics switches TensorBoard logging off when it thinks it runs under pytest."""
@@ -38,7 +56,7 @@ def run_module(module: str, args, root: Path, timeout=900, env=None) -> subproce
 
 def make(*args, root: Path, timeout=1800, env=None) -> subprocess.CompletedProcess:
     """`make ...` in the project, with the test session's environments and outputs under `root`."""
-    return subprocess.run(["make", "--no-print-directory", f"VENV={Path(sys.prefix).parent}", *args],
+    return subprocess.run(["make", "--no-print-directory", f"VENV={pipeline_venv()}", *args],
                           cwd=ROOT, env={**stage_env(root), **(env or {}), "PIPELINE_ROOT": str(root)},
                           capture_output=True, text=True, timeout=timeout)
 
@@ -63,8 +81,13 @@ phase_time = PhaseTimer()
 
 
 def pytest_collection_modifyitems(items):
-    """The live container tests run last, so the demo training the other tests share (timed against
-    its 5-minute bar) gets the machine before ~14 GB of image builds have gone through it."""
+    """Every test that needs the shared demo training (the `demo_run` fixture, directly or through
+    another fixture) is marked `slow`, so `pytest -m "not slow and not containers"` is the quick tier.
+    The live container tests run last, so the demo training the other tests share gets the machine
+    before ~14 GB of image builds have gone through it."""
+    for item in items:
+        if "demo_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.path.name == "test_containers.py")
 
 

@@ -25,8 +25,8 @@ def compose_config(*files: str) -> dict:
 
 def test_compose_file_validates_with_one_service_per_stage():
     services = compose_config("docker-compose.yml")
-    assert set(services) == {"dataset", "train", "evaluate", "export", "convert", "tensorboard"}
-    for name in ("train", "evaluate"):
+    assert set(services) == {"dataset", "fit", "evaluate", "export", "convert", "tensorboard"}
+    for name in ("fit", "evaluate"):
         (device,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     for name, s in services.items():
@@ -34,7 +34,7 @@ def test_compose_file_validates_with_one_service_per_stage():
         targets = {v["target"]: v for v in s["volumes"]}
         assert {"/workspace/datasets", "/workspace/artifacts", "/workspace/runs"} <= set(targets)
         assert targets["/workspace/configs"]["read_only"] is True
-    assert int(services["train"]["shm_size"]) >= 2 ** 30
+    assert int(services["fit"]["shm_size"]) >= 2 ** 30
     (port,) = services["tensorboard"]["ports"]
     assert port["host_ip"] == "127.0.0.1" and port["target"] == 6006
     assert services["convert"]["image"].startswith("citypersons-rknn/convert:")
@@ -43,7 +43,7 @@ def test_compose_file_validates_with_one_service_per_stage():
 def test_cpu_override_removes_only_the_gpu_reservations():
     services = compose_config("docker-compose.yml", "docker-compose.cpu.yml")
     assert not any("deploy" in s for s in services.values())
-    assert set(services) == {"dataset", "train", "evaluate", "export", "convert", "tensorboard"}
+    assert set(services) == {"dataset", "fit", "evaluate", "export", "convert", "tensorboard"}
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.train", "Dockerfile.convert"])

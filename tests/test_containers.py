@@ -16,7 +16,8 @@ import pytest
 import engine
 from conftest import ROOT, make, needs_make_venv, phase_time
 
-pytestmark = needs_make_venv
+# containers: the live engine tier; slow too (image builds and a real training in a container)
+pytestmark = [needs_make_venv, pytest.mark.containers, pytest.mark.slow]
 
 UID = GID = 4242  # not root: CI runs as root, and files owned by root would prove nothing
 # Short but complete: real training in the train container, INT8 conversion in the convert one.

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, copy_dataset, error_lines, one_error, stage_env
+from conftest import CONVERT_PY, ROOT, copy_dataset, error_lines, needs_convert_env, one_error, stage_env
 
 DEMO = str(ROOT / "configs" / "demo.yaml")
-CONVERT_PY = Path(sys.prefix).parent / "convert" / "bin" / "python"  # beside the train env make test built
 
 
 def metrics(root: Path, fmt: str) -> dict:
@@ -93,6 +92,7 @@ def test_board_bundle_decodes_like_the_simulator_evaluation(demo_run):
         assert ours == theirs and ours
 
 
+@needs_convert_env
 def test_convert_bad_input(demo_run, tmp_path):
     root = copy_dataset(demo_run[0], tmp_path)
 
@@ -143,6 +143,7 @@ def test_board_script_refuses_a_layout_it_does_not_know(demo_run, tmp_path):
         detect.check_layout([np.zeros((1, 4, 32, 32)), np.zeros((1, 1, 32, 32))] * 3)
 
 
+@needs_convert_env
 def test_settings_the_toolkit_cannot_combine_are_refused_before_any_work(demo_run, tmp_path):
     root = copy_dataset(demo_run[0], tmp_path)
     proc = subprocess.run([str(CONVERT_PY), "-m", "services.convert", "--config", DEMO, "convert.dtype=fp16",

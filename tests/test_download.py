@@ -5,8 +5,11 @@ server plays the Cityscapes site for cityscapesscripts' real downloader (dataset
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import urllib.parse
 import zipfile
@@ -254,25 +257,64 @@ def test_annotation_files_are_fetched_and_checked_against_the_pinned_checksums(t
     assert citypersons.fetch(cfg, tmp_path, online=True) == [] and len(server.log) == 2  # present: no request
 
 
+HIDE_CITYSCAPESSCRIPTS = """\
+# Test-only (tests/test_download.py): this process sees no cityscapesscripts, as if it were not
+# installed; then the next sitecustomize on PYTHONPATH (tests/netguard's) runs as usual.
+import importlib.util, os, sys
+
+
+class _Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name == "cityscapesscripts" or name.startswith("cityscapesscripts."):
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _Hide())
+_here = os.path.dirname(os.path.abspath(__file__))
+for _entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    _next = os.path.join(_entry, "sitecustomize.py")
+    if _entry and os.path.abspath(_entry) != _here and os.path.isfile(_next):
+        _spec = importlib.util.spec_from_file_location("_chained_sitecustomize", _next)
+        _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
+        break
+"""
+
+
+def without_cityscapesscripts(tmp_path: Path, net_log: Path) -> dict:
+    """Environment for a stage process in which cityscapesscripts cannot be imported (it is installed
+    in the test environment) and every network attempt is blocked and logged (tests/netguard): one
+    sitecustomize.py can run per process, so the hiding one runs netguard's after itself."""
+    hide = tmp_path / "hide-cityscapesscripts"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(HIDE_CITYSCAPESSCRIPTS)
+    return {"PYTHONPATH": os.pathsep.join([str(hide), str(ROOT / "tests" / "netguard")]),
+            "NETGUARD_LOG": str(net_log)}
+
+
 def test_cityscapes_account_without_the_downloader_says_how_to_install_it(tmp_path, demo_raw):
-    try:
-        import cityscapesscripts  # noqa: F401
-        pytest.skip("cityscapesscripts is installed here")
-    except ImportError:
-        pass
-    root = tmp_path
+    net_log = tmp_path / "network-attempts.log"
+    guard = without_cityscapesscripts(tmp_path, net_log)
+    # the hiding must work, or this test would prove nothing; netguard, chained after it, too
+    probe = subprocess.run(
+        [sys.executable, "-c", "import socket\ntry:\n import cityscapesscripts\nexcept ModuleNotFoundError:\n"
+         " print('hidden')\ntry:\n socket.getaddrinfo('example.org', 80)\nexcept OSError:\n pass"],
+        env={**os.environ, **guard}, capture_output=True, text=True, timeout=60)
+    if probe.stdout.split() != ["hidden"]:
+        pytest.skip(f"cannot hide cityscapesscripts from a subprocess here: {probe.stdout + probe.stderr}")
+    assert net_log.read_text() == "getaddrinfo example.org\n", "netguard did not run after the hiding"
+    net_log.unlink()  # the probe's own, deliberate attempt
+    root = tmp_path / "root"
     shutil.copytree(demo_raw, root / "datasets/citypersons/raw")
     shutil.rmtree(root / "datasets/citypersons/raw/leftImg8bit")
-    net_log = tmp_path / "network-attempts.log"
-    env = {"PYTHONPATH": str(ROOT / "tests" / "netguard"), "NETGUARD_LOG": str(net_log), "PIPELINE_OFFLINE": "0",
-           "CITYSCAPES_USERNAME": "someone", "CITYSCAPES_PASSWORD": "secret"}
+    env = {**guard, "PIPELINE_OFFLINE": "0", "CITYSCAPES_USERNAME": "someone", "CITYSCAPES_PASSWORD": "secret"}
     proc = run_module("dataset", ["--config", CITYPERSONS, "evaluate.sets=[val]"], root, env=env)
     lines = error_lines(proc)
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "cityscapesscripts (its downloader) is not installed" in lines[0]
     assert "-m pip install cityscapesscripts" in lines[0] and "leftImg8bit_trainvaltest.zip" in lines[0]
     assert "secret" not in proc.stderr + proc.stdout
-    assert not net_log.exists()
+    assert not net_log.exists(), f"network attempts: {net_log.read_text()}"
 
 
 # ------------------------------------------------------------------------------ Cityscapes, with an account

@@ -4,8 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from conftest import ROOT, copy_dataset, error_lines, run_module
-from services.evaluate import core, scoring
+from conftest import ROOT, copy_dataset, demo_root, error_lines, run_module
+from services.common import decode
+from services.evaluate import scoring
 
 DEMO = str(ROOT / "configs" / "demo.yaml")
 AP50_BAR = 0.8
@@ -16,7 +17,7 @@ def test_letterbox_is_pixel_identical_to_ultralytics():
     rng = np.random.default_rng(0)
     for shape, size in (((256, 512, 3), (256, 256)), ((1024, 2048, 3), (384, 640)), ((100, 60, 3), (128, 96))):
         image = rng.integers(0, 256, shape, dtype=np.uint8)
-        ours, r, (left, top) = core.letterbox(image, size)
+        ours, r, (left, top) = decode.letterbox(image, size)
         theirs = LetterBox(new_shape=size, auto=False, scaleup=True, center=True)(image=image)
         assert ours.shape == theirs.shape and np.array_equal(ours, theirs), (shape, size)
 
@@ -29,7 +30,7 @@ def test_decode_and_nms_agree_with_ultralytics():
     xy = rng.uniform(0, 256, (anchors, 2))
     wh = rng.uniform(5, 60, (anchors, 2))
     raw = np.concatenate([xy, wh, rng.uniform(0, 1, (anchors, 1)) ** 4], 1).T.astype(np.float32)  # (5, A)
-    boxes, scores, cls = core.decode(raw, conf=0.001, iou=0.7, max_det=300)
+    boxes, scores, cls = decode.decode(raw, conf=0.001, iou=0.7, max_det=300)
     ref = non_max_suppression(torch.from_numpy(raw[None]), conf_thres=0.001, iou_thres=0.7, max_det=300)[0].numpy()
     order = np.argsort(-ref[:, 4], kind="stable")
     assert len(boxes) == len(ref)
@@ -47,10 +48,10 @@ def test_opencv_nms_keeps_exactly_what_the_numpy_nms_kept():
         boxes = np.concatenate([xy, xy + rng.uniform(2, 150, (n, 2))], 1).astype(np.float32)
         scores = (rng.integers(1, 256, n) / 255 if trial % 2 else rng.uniform(0, 1, n)).astype(np.float32)
         for iou in (0.5, 0.7):
-            ref = core.nms_reference(boxes, scores, iou)
-            assert np.array_equal(core.nms(boxes, scores, iou), ref)
+            ref = decode.nms_reference(boxes, scores, iou)
+            assert np.array_equal(decode.nms(boxes, scores, iou), ref)
             for cap in (1, 50, 300):
-                assert np.array_equal(core.nms(boxes, scores, iou, cap), ref[:cap])
+                assert np.array_equal(decode.nms(boxes, scores, iou, cap), ref[:cap])
 
 
 def test_rknn_head_layouts_decode_to_the_standard_heads_detections():
@@ -72,22 +73,22 @@ def test_rknn_head_layouts_decode_to_the_standard_heads_detections():
                           torch.cat([torch.from_numpy(x).view(1, 1, -1) for x in scores], -1)], 1).numpy()
     distances = [d.reshape(1, 4, h, w) for d, (h, w) in
                  zip(np.split(dist.numpy(), np.cumsum([h * w for h, w in grids])[:-1], axis=2), grids)]
-    ref = core.postprocess([standard], "standard", size, 0.05, 0.7, 300)
+    ref = decode.postprocess([standard], "standard", size, 0.05, 0.7, 300)
     assert len(ref[0]) > 20
     for layout, outputs in (("dfl", [t for pair in zip(logits, scores) for t in pair]),
                             ("distances", [t for pair in zip(distances, scores) for t in pair])):
-        assert core.layout_of([o.shape for o in outputs], size) == layout
-        got = core.postprocess(outputs, layout, size, 0.05, 0.7, 300)
+        assert decode.layout_of([o.shape for o in outputs], size) == layout
+        got = decode.postprocess(outputs, layout, size, 0.05, 0.7, 300)
         np.testing.assert_allclose(got[0], ref[0], atol=1e-3)
         np.testing.assert_array_equal(got[1], ref[1])
     with pytest.raises(ValueError, match="no known layout"):
-        core.layout_of([(1, 64, 16, 32)] * 6, size)
+        decode.layout_of([(1, 64, 16, 32)] * 6, size)
 
 
 def test_boxes_scale_back_to_original_pixels():
     image = np.zeros((256, 512, 3), np.uint8)
-    _, meta = core.preprocess(image, (256, 256))  # scale 0.5, 64 px pad above and below
-    back = core.scale_boxes(np.array([[0.0, 64.0, 256.0, 192.0], [-10, 0, 300, 300]]), meta)
+    _, meta = decode.preprocess(image, (256, 256))  # scale 0.5, 64 px pad above and below
+    back = decode.scale_boxes(np.array([[0.0, 64.0, 256.0, 192.0], [-10, 0, 300, 300]]), meta)
     np.testing.assert_allclose(back, [[0, 0, 512, 256], [0, 0, 512, 256]])
 
 
@@ -144,10 +145,36 @@ def test_scoring_bad_input():
     assert empty["Reasonable"]["MR"] == empty["All"]["MR"] == 1.0
 
 
-def test_empty_detection_set_gives_zero_ap_and_a_warning(demo_run, tmp_path):
-    root, _ = demo_run
-    coco = scoring.coco_ap(root / "datasets/demo/yolo/val_coco.json", [])
-    assert coco["AP"] == 0.0 and coco["AP50"] == 0.0
+class FindsNothing:
+    """A model whose every anchor scores 0 (standard head, one class): no detection at all."""
+    name, batch_ok, layout, device = "onnx", False, "standard", "test stand-in"
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        n, _, h, w = x.shape
+        anchors = sum((h // s) * (w // s) for s in (8, 16, 32))
+        return [np.zeros((n, 5, anchors), np.float32)]
+
+
+def test_empty_detection_set_gives_zero_ap_and_a_warning(tmp_path, demo_raw, capsys):
+    """The stage's evaluation of a model that finds nothing on the demo val split: the warning the
+    user sees on stderr, and AP 0 and MR-2 100 % in the metrics file."""
+    from services.common import config
+    from services.dataset import citypersons
+    from services.evaluate import evaluate
+    root = demo_root(tmp_path, demo_raw)
+    cfg = config.load(DEMO, ["evaluate.sets=[val]"])
+    citypersons.convert(cfg, root=root)
+    weights = tmp_path / "finds-nothing.onnx"
+    weights.write_bytes(b"stand-in: the backend above is the model")
+    capsys.readouterr()
+    result = evaluate.evaluate_one(cfg, "onnx", weights, root, backend=FindsNothing())
+    err = capsys.readouterr().err
+    assert "evaluate: warning: onnx on val: no detections at all; AP is 0 and the miss rate 100 %" in err, err
+    val = result["sets"]["val"]
+    assert val["images"] == 60 and val["detections"] == 0
+    assert all(val["coco"][k] == 0.0 for k in scoring.COCO_STATS)
+    assert val["miss_rate"] == {"Reasonable": 1.0, "Reasonable_small": 1.0, "Reasonable_occ=heavy": 1.0, "All": 1.0}
+    assert json.loads((root / "artifacts/demo/metrics/onnx.json").read_text())["sets"]["val"] == val
 
 
 def test_stage_bad_input(demo_run, tmp_path):

@@ -1,8 +1,12 @@
 """Make is the front door: the demo chain, as a user runs it, once per test session."""
 import json
 import subprocess
+import sys
+from pathlib import Path
 
+import engine
 from conftest import ROOT, make, needs_make_venv
+from services.run import runner
 
 pytestmark = needs_make_venv
 
@@ -10,15 +14,19 @@ pytestmark = needs_make_venv
 def test_help_lists_the_targets_and_variables():
     proc = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0
-    for word in ("demo", "train", "dataset", "setup", "test", "EXP=", "ARGS=", "RUNNER=", "FORCE=1"):
+    for word in ("demo", "train", "dataset", "fit", "export", "evaluate", "convert", "setup", "test-fast",
+                 "EXP=", "ARGS=", "RUNNER=", "FORCE=1", "FRESH=1", "GPU=1|0"):
         assert word in proc.stdout
+    assert "$(" not in proc.stdout  # Make's variables are shown with their values
 
 
 def test_demo_run_builds_the_dataset(demo_run):
     root, proc = demo_run
-    # the runner is said in one line: docker when an engine answers, else local
+    # the runner is said once, with why: docker when an engine answers, else local
     runner_lines = [line for line in proc.stdout.splitlines() if line.startswith("runner: ")]
-    assert runner_lines and all("local" in line or "docker" in line for line in runner_lines)
+    expected = ("runner: docker (a Docker engine answered" if engine.docker_answers() else
+                f"runner: local (no Docker engine answered; stages run in {runner.shown(Path(sys.prefix).parent)}/)")
+    assert len(runner_lines) == 1 and runner_lines[0].startswith(expected), runner_lines
     out = root / "datasets" / "demo" / "yolo"
     m = json.loads((out / "manifest.json").read_text())
     assert m["experiment"] == "demo" and m["host"]["runner"] in ("local", "docker")

@@ -2,7 +2,6 @@
 on the real val ground truth, and on small hand-made cases whose answer is known."""
 import json
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -36,16 +35,8 @@ def test_matches_official_script(val_gt, name):
         assert len(result[setup]["fppi"]) == len(result[setup]["miss_rate"]) > 0
 
 
-@needs_reference
-def test_fast_enough(val_gt):
-    """The official script takes 0.72 s for the four setups of dets_fair; we must not be slower."""
-    dets = json.loads((REFERENCE / "dets_fair.json").read_text())
-    timings = []
-    for _ in range(3):
-        start = time.perf_counter()
-        miss_rate.evaluate(val_gt, dets)
-        timings.append(time.perf_counter() - start)
-    assert min(timings) <= 0.7, timings
+# Speed (<= 0.7 s for the four setups on 500 images, the official script's 0.72 s) is a bar of
+# benchmarks/eval_speed.py (`--miss-rate-only` for that figure alone), not a test.
 
 
 # ---- hand-made cases -----------------------------------------------------------------------------

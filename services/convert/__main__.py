@@ -1,4 +1,4 @@
-"""RKNN conversion stage (`make rknn`; convert environment).
+"""RKNN conversion stage (`make convert`; convert environment).
 
     python -m services.convert --config configs/<exp>.yaml [convert.key=value ...]
 

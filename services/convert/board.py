@@ -3,8 +3,7 @@ import json
 import shutil
 from pathlib import Path
 
-from services.common import files, manifest, paths
-from services.evaluate import core
+from services.common import decode, files, manifest, paths
 
 HERE = Path(__file__).resolve().parent
 # Why this layout: the INT8 simulator against the float ONNX of the same head, measured with
@@ -27,11 +26,11 @@ def write_bundle(cfg: dict, model: Path, size, layout: str, toolkit_version: str
         (build.path / "labels.txt").write_text("person\n")
         shutil.copyfile(HERE / "board_detect.py", build.path / "detect.py")
         # the very letterbox/decode/NMS the simulator evaluation used
-        shutil.copyfile(HERE.parent / "evaluate" / "core.py", build.path / "yolo_core.py")
+        shutil.copyfile(decode.__file__, build.path / "yolo_core.py")
         bundle = {"experiment": exp, "model": model.name, "imgsz_hw": list(size), "toolkit_version": toolkit_version,
                   "platform": cfg["convert"]["platform"], "dtype": cfg["convert"]["dtype"], "iou": e["iou"],
                   "max_det": e["max_det"], "category_ids": [1], "labels": ["person"],
-                  "layout": layout, "layout_means": core.LAYOUTS[layout],
+                  "layout": layout, "layout_means": decode.LAYOUTS[layout],
                   "layouts_measured": LAYOUT_MEASUREMENTS,
                   "input": f"(1, {size[0]}, {size[1]}, 3) uint8 RGB, letterboxed (grey 114); normalised inside",
                   "git": manifest.git_state(), "built": manifest.now()}

@@ -5,7 +5,7 @@
 
 SOURCE is an image, a folder of images, or a video file. Letterbox and decode are those of the
 evaluation that measured this model in the simulator (yolo_core.py is a copy of the project's
-services/evaluate/core.py), so the board's numbers can be compared with metrics/rknn.json.
+services/common/decode.py), so the board's numbers can be compared with metrics/rknn.json.
 """
 import argparse
 import json

@@ -18,9 +18,10 @@ import numpy as np
 
 from services.common import files, manifest, paths
 from services.common.log import UserError, table
-from services.evaluate import core, evaluate
+from services.common import decode
+from services.evaluate import evaluate
 
-STAGE = "rknn"
+STAGE = "convert"
 
 
 def check_onnx(path: Path, root: Path) -> tuple[tuple[int, int], str]:
@@ -46,24 +47,13 @@ def check_onnx(path: Path, root: Path) -> tuple[tuple[int, int], str]:
     size = (dims[2], dims[3])
     shapes = [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output]
     try:
-        layout = core.layout_of(shapes, size)
+        layout = decode.layout_of(shapes, size)
     except ValueError as e:
         raise UserError(f"{paths.rel(path, root)}: {e}; export it again (`make export FORCE=1`)")
     if layout == "standard":
         raise UserError(f"{paths.rel(path, root)} has the standard head (one output of boxes and scores), which "
                         f"INT8 turns into all-zero scores; export the RKNN head (`make export FORCE=1`)")
     return size, layout
-
-
-def check_settings(c: dict) -> None:
-    """Settings the toolkit cannot combine, refused before anything is built."""
-    if c["hybrid"] != "none" and c["dtype"] == "fp16":
-        raise UserError(f"convert.hybrid={c['hybrid']} keeps some layers in fp16 inside an INT8 model, but "
-                        f"convert.dtype=fp16 quantizes nothing; use convert.dtype=int8 with it, or convert.hybrid=none")
-    if c["calibration"] and c["dtype"] == "fp16":
-        raise UserError(f"convert.calibration={c['calibration']} is a calibration list, but convert.dtype=fp16 "
-                        f"quantizes nothing and rknn-toolkit2 would ignore it; drop convert.calibration or use "
-                        f"convert.dtype=int8")
 
 
 def calibration_images(cfg: dict, root: Path) -> list[Path]:
@@ -126,7 +116,7 @@ def letterboxed_copies(images: list[Path], size, cache: Path) -> list[Path]:
     for p in images:
         target = cache / (p.stem + ".png")
         if not target.is_file():
-            padded, _, _ = core.letterbox(cv2.imread(str(p)), size)
+            padded, _, _ = decode.letterbox(cv2.imread(str(p)), size)
             with files.atomic_path(target) as tmp:
                 cv2.imwrite(str(tmp), padded)  # the toolkit reads image files as RGB (quant_img_RGB2BGR=False)
         out.append(target)
@@ -183,7 +173,7 @@ def save_simulator_outputs(rknn, images: list[Path], size, out: Path) -> None:
     tested against them."""
     arrays = {}
     for i, p in enumerate(images):
-        x, _ = core.preprocess(cv2.imread(str(p)), size)
+        x, _ = decode.preprocess(cv2.imread(str(p)), size)
         image = np.rint(x[0].transpose(1, 2, 0) * 255).astype(np.uint8)[None]
         for k, o in enumerate(rknn.inference(inputs=[image], data_format="nhwc")):
             arrays[f"out_{i}_{k}"] = o
@@ -222,7 +212,6 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
     c, exp = cfg["convert"], cfg["experiment"]
     art = paths.artifacts_dir(exp, root)
     onnx_path = art / "models" / f"{exp}.rknn-head.onnx"
-    check_settings(c)
     size, layout = check_onnx(onnx_path, root)
     images = calibration_images(cfg, root)
     target = art / "models" / f"{exp}_{c['dtype']}_{c['platform']}.rknn"

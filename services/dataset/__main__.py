@@ -1,4 +1,4 @@
-"""Dataset stage.
+"""Dataset stage (`make dataset`): build the YOLO dataset for an experiment.
 
     python -m services.dataset --config configs/<exp>.yaml [--force] [dataset.key=value ...]
     python -m services.dataset demo [--out datasets/demo/raw] [--seed 0] [--force]
@@ -15,11 +15,11 @@ dataset.generate_proxy the CityPersons-scale proxy (proxy.py), from the real .ma
 dataset.proxy_annotations, the same way. The second and third only generate those downloads.
 """
 import argparse
-import sys
 from pathlib import Path
 
 from services.common import config, paths
-from services.common.log import info, user_errors
+from services.common.cli import stage_main
+from services.common.log import info
 
 from . import citypersons, coco, demo, download, proxy
 
@@ -27,43 +27,37 @@ STAGE = "dataset"
 
 
 def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    with user_errors(STAGE):
-        if argv[:1] == ["demo"]:
-            p = argparse.ArgumentParser(prog="python -m services.dataset demo",
-                                        description="Generate the embedded demo download.")
-            p.add_argument("--out", default=str(paths.raw_dir("demo")))
-            p.add_argument("--seed", type=int, default=0)
-            p.add_argument("--force", action="store_true", help="generate anew; the old one is moved aside")
-            a = p.parse_args(argv[1:])
-            demo.main(a.out, a.seed, a.force)
-            return
-        if argv[:1] == ["proxy"]:
-            d = config.defaults()["dataset"]
-            p = argparse.ArgumentParser(
-                prog="python -m services.dataset proxy",
-                description="Generate the CityPersons-scale proxy: the demo's figures in 2048x1024 frames at "
-                            "the real boxes of the real CityPersons annotation files.")
-            p.add_argument("--out", default=str(paths.raw_dir("proxy")))
-            p.add_argument("--annotations", default=str(proxy_annotations(d["proxy_annotations"])),
-                           metavar="DIR", help="the folder holding the real anno_train.mat and anno_val.mat")
-            p.add_argument("--seed", type=int, default=0)
-            p.add_argument("--train", type=int, default=d["proxy_train_images"], metavar="N",
-                           help="images drawn from anno_train.mat")
-            p.add_argument("--val", type=int, default=d["proxy_val_images"], metavar="N",
-                           help="images drawn from anno_val.mat")
-            p.add_argument("--force", action="store_true", help="generate anew; the old one is moved aside")
-            a = p.parse_args(argv[1:])
-            proxy.main(a.out, a.annotations, a.seed, a.train, a.val, a.force)
-            return
-        p = argparse.ArgumentParser(prog="python -m services.dataset",
-                                    description="Build the YOLO dataset for an experiment.")
-        p.add_argument("--config", required=True, help="configs/<exp>.yaml")
-        p.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
-        p.add_argument("overrides", nargs="*", metavar="section.key=value")
-        a = p.parse_args(argv)
-        cfg = config.load(a.config, a.overrides)
-        prepare(cfg, force=a.force)
+    stage_main("dataset", __doc__, STAGE, prepare, argv, force_help="rebuild even if the output is up to date",
+               subcommands={"demo": demo_main, "proxy": proxy_main})
+
+
+def demo_main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="python -m services.dataset demo",
+                                description="Generate the embedded demo download.")
+    p.add_argument("--out", default=str(paths.raw_dir("demo")))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="generate anew; the old one is moved aside")
+    a = p.parse_args(argv)
+    demo.main(a.out, a.seed, a.force)
+
+
+def proxy_main(argv: list[str]) -> None:
+    d = config.defaults()["dataset"]
+    p = argparse.ArgumentParser(
+        prog="python -m services.dataset proxy",
+        description="Generate the CityPersons-scale proxy: the demo's figures in 2048x1024 frames at "
+                    "the real boxes of the real CityPersons annotation files.")
+    p.add_argument("--out", default=str(paths.raw_dir("proxy")))
+    p.add_argument("--annotations", default=str(proxy_annotations(d["proxy_annotations"])),
+                   metavar="DIR", help="the folder holding the real anno_train.mat and anno_val.mat")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=int, default=d["proxy_train_images"], metavar="N",
+                   help="images drawn from anno_train.mat")
+    p.add_argument("--val", type=int, default=d["proxy_val_images"], metavar="N",
+                   help="images drawn from anno_val.mat")
+    p.add_argument("--force", action="store_true", help="generate anew; the old one is moved aside")
+    a = p.parse_args(argv)
+    proxy.main(a.out, a.annotations, a.seed, a.train, a.val, a.force)
 
 
 def prepare(cfg: dict, force: bool = False, root=paths.ROOT) -> None:

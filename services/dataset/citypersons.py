@@ -20,7 +20,6 @@ import sys
 import shutil
 import struct
 import time
-import zipfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -213,28 +212,11 @@ def find_images(raw: Path, root: Path) -> Path:
     if not zip_path.is_file():
         raise UserError(f"no Cityscapes images: neither {paths.rel(folder, root)}/ nor "
                         f"{paths.rel(zip_path, root)} exists; {WHERE_IMAGES} and put it in {paths.rel(raw, root)}/")
-    extract_zip(zip_path, folder, root)
+    download.extract(zip_path, ("leftImg8bit/train/", "leftImg8bit/val/"), folder,  # test has no annotations
+                     hint=f"{WHERE_IMAGES} again and replace it", root=root,
+                     empty=f"holds no leftImg8bit/train or leftImg8bit/val images; is it {CITYSCAPES_ZIP}? "
+                           f"{WHERE_IMAGES}")
     return folder
-
-
-def extract_zip(zip_path: Path, folder: Path, root: Path) -> None:
-    """Extract only leftImg8bit/{train,val}/ (test has no annotations), atomically into `folder`."""
-    partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    try:
-        with zipfile.ZipFile(zip_path) as z:
-            members = [m for m in z.infolist() if not m.is_dir()
-                       and m.filename.startswith(("leftImg8bit/train/", "leftImg8bit/val/"))]
-            if not members:
-                raise UserError(f"{paths.rel(zip_path, root)} holds no leftImg8bit/train or leftImg8bit/val "
-                                f"images; is it leftImg8bit_trainvaltest.zip? {WHERE_IMAGES}")
-            for m in tqdm(members, desc="extract", unit="img", mininterval=0.5):
-                z.extract(m, partial)
-        os.replace(partial / "leftImg8bit", folder)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
-        raise UserError(f"{paths.rel(zip_path, root)} is corrupt or truncated ({e}); {WHERE_IMAGES} again "
-                        f"and replace it")
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
 
 
 # Keys that change other outputs (the COCO set) or only where files come from, not this output: a

@@ -72,7 +72,7 @@ def fetch(cfg: dict, root: Path, online: bool) -> list[str]:
                     continue
                 download.fetch(source, zip_path, paths.dataset_dir(NAME, root) / ".downloads")
             info(STAGE, f"extracting {prefix.rstrip('/')} from {paths.rel(zip_path, root)}")
-            download.extract(zip_path, prefix, target,
+            download.extract(zip_path, prefix, target, root=root,
                              hint=f"download it again from {source.url} ({source.size} bytes) and replace it")
         except UserError as e:
             problems.append(str(e))

@@ -1,7 +1,7 @@
 """Fetching what is public, and saying exactly what is not.
 
     fetch(source, dest, partial_dir)     one file: resumed, verified, renamed into place
-    extract(zip_path, prefix, into)      the members of a zip, into raw/ atomically
+    extract(zip_path, prefix, into)      the members of a zip under prefix, into raw/ atomically
     give_up(lines)                       what a user must fetch by hand, one error line each
 
 A download goes to datasets/<name>/.downloads/<file>.part first. An interrupted transfer leaves the
@@ -11,7 +11,6 @@ renamed into raw/; one that does not match is discarded, so raw/ never holds a b
 
 PIPELINE_OFFLINE=1 (Make: OFFLINE=1) means no network at all: missing files are listed, not fetched.
 """
-import hashlib
 import http.client
 import os
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from services.common import paths
+from services.common import files, paths
 from services.common.log import UserError, info
 
 STAGE = "dataset"
@@ -167,7 +166,7 @@ def verify(source: Source, part: Path, dest: Path) -> None:
     else:
         for algorithm in ("sha256", "md5"):
             want = getattr(source, algorithm)
-            if want and (digest := _digest(part, algorithm)) != want:
+            if want and (digest := files.file_digest(part, algorithm, CHUNK)) != want:
                 problem = f"has {algorithm} {digest}, expected {want}"
                 break
     if problem:
@@ -175,14 +174,6 @@ def verify(source: Source, part: Path, dest: Path) -> None:
         raise UserError(f"the download of {source.file} from {source.url} {problem}; it was discarded "
                         f"and nothing was put in {paths.rel(dest.parent)}/; run `make dataset` again, or "
                         f"download the file yourself and put it at {paths.rel(dest)}")
-
-
-def _digest(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _unreachable(e: Exception) -> bool:
@@ -216,10 +207,21 @@ def _remove_if_empty(folder: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------- extract
-def extract(zip_path: Path, prefix: str, into: Path, hint: str) -> None:
-    """Extract the members of `zip_path` under `prefix` (e.g. "val2017/") into `into`, atomically:
-    into a hidden folder beside `into` first, then renamed. A corrupt or truncated zip leaves nothing.
-    `hint` says where a good copy comes from."""
+def extract(zip_path: Path, prefix: str | tuple[str, ...], into: Path, hint: str, *,
+            empty: str | None = None, root: Path = paths.ROOT) -> None:
+    """Extract the members of `zip_path` under `prefix` (e.g. "val2017/"; or several, e.g.
+    ("leftImg8bit/train/", "leftImg8bit/val/") to leave leftImg8bit/test/ out) into `into`, which
+    becomes what the prefixes share (val2017/, leftImg8bit/; a member's own path for a single file).
+
+    Atomically: into a hidden folder beside `into` first (a killed run's leftover one is removed),
+    then renamed, so a corrupt or truncated zip leaves nothing. Every member stays inside that
+    folder: a name that is absolute or climbs out with ".." is refused, not sanitised.
+    `hint` says where a good copy comes from; `empty`, if given, replaces the sentence after the
+    zip's path when it holds nothing under `prefix` (the default names the prefixes and adds `hint`).
+    """
+    prefixes = (prefix,) if isinstance(prefix, str) else tuple(prefix)
+    top = os.path.commonpath([p.rstrip("/") for p in prefixes])  # what becomes `into`
+    where = paths.rel(zip_path, root)
     into = Path(into)
     into.parent.mkdir(parents=True, exist_ok=True)
     for stale in into.parent.glob(f".{into.name}.partial-*"):
@@ -227,14 +229,24 @@ def extract(zip_path: Path, prefix: str, into: Path, hint: str) -> None:
     partial = into.with_name(f".{into.name}.partial-{os.getpid()}")
     try:
         with zipfile.ZipFile(zip_path) as z:
-            members = [m for m in z.infolist() if m.filename.startswith(prefix) and not m.is_dir()]
+            members = [m for m in z.infolist() if m.filename.startswith(prefixes) and not m.is_dir()]
             if not members:
-                raise UserError(f"{paths.rel(zip_path)} holds nothing under {prefix}; is it the right "
-                                f"archive? {hint}")
+                raise UserError(f"{where} " + (empty or f"holds nothing under {' or '.join(prefixes)}; is it the "
+                                                        f"right archive? {hint}"))
+            for m in members:
+                if not _inside(m.filename):
+                    raise UserError(f"{where} has a member outside its folders ({m.filename}); it is not the "
+                                    f"official archive and nothing was extracted; {hint}")
             for m in tqdm(members, desc=f"extract {zip_path.name}", unit="file", mininterval=0.5, leave=False):
                 z.extract(m, partial)  # reads and checks each member's CRC
-        os.replace(partial / prefix.rstrip("/"), into)
+        os.replace(partial / top, into)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
-        raise UserError(f"{paths.rel(zip_path)} is corrupt or truncated ({e}); {hint}")
+        raise UserError(f"{where} is corrupt or truncated ({e}); {hint}")
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def _inside(name: str) -> bool:
+    """A zip member name that stays inside the folder it is extracted into."""
+    name = name.replace("\\", "/")
+    return not name.startswith("/") and ".." not in name.split("/")

@@ -72,7 +72,7 @@ def compose_v2(compose: list[str]) -> bool:
 
 def in_train(compose: list[str], *command: str) -> subprocess.CompletedProcess:
     # run --rm is fine here: the verdict comes from the output, not the exit code.
-    return run(compose + ["run", "--rm", "--no-deps", "-T", "train", *command], timeout=600)
+    return run(compose + ["run", "--rm", "--no-deps", "-T", "fit", *command], timeout=600)
 
 
 def gpu_checks(compose: list[str], docker: list[str], image: str, gpu: bool) -> None:

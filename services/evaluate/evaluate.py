@@ -1,5 +1,5 @@
 """Evaluate a model in any of its forms (pt, onnx; rknn from the convert stage) on the same sets,
-with the same pre- and post-processing (core.py) and the same scoring (scoring.py).
+with the same pre- and post-processing (services/common/decode.py) and the same scoring (scoring.py).
 
 artifacts/<exp>/metrics/<format>.json              every metric, per evaluation set, plus latency,
                                                    model size, settings and provenance
@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from services.common import files, manifest, paths
+from services.common import decode, files, manifest, paths
 from services.common.log import UserError, info, table, warn
 
-from . import core, scoring
+from . import scoring
 
 STAGE = "evaluate"
 EVALUATOR_VERSION = 3  # bump when pre/post-processing or scoring change: metrics are then recomputed
@@ -28,11 +28,11 @@ CATEGORY_IDS = [1]  # YOLO class 0 `person` is category 1 in val_gt.json, val_co
 
 # ---------------------------------------------------------------------------------------- backends
 class TorchBackend:
-    """The PyTorch checkpoint run as a plain module: its raw head output goes through core.postprocess,
+    """The PyTorch checkpoint run as a plain module: its raw head output goes through decode.postprocess,
     like every other format (ultralytics' own predictor would post-process differently).
 
     A backend maps a (n, 3, h, w) batch to its raw outputs, a list of arrays with batch n, in the
-    output layout (core.LAYOUTS) its `layout` names."""
+    output layout (decode.LAYOUTS) its `layout` names."""
 
     name, batch_ok, layout = "pt", True, "standard"
 
@@ -68,7 +68,7 @@ class OnnxBackend:
         first = self.session.get_inputs()[0]
         self.input, self.size = first.name, tuple(first.shape[2:])
         try:
-            self.layout = core.layout_of([o.shape for o in self.session.get_outputs()], self.size)
+            self.layout = decode.layout_of([o.shape for o in self.session.get_outputs()], self.size)
         except (ValueError, TypeError) as e:
             raise UserError(f"{paths.rel(weights)}: {e}; export it again with `make export FORCE=1`")
         self.device = f"onnxruntime CPU ({manifest.cpu_name()})"
@@ -133,14 +133,14 @@ def detect(backend, images: list[dict], folder: Path, size, e: dict):
             image = cv2.imread(str(path))
             if image is None:
                 raise UserError(f"cannot read {paths.rel(path)}; rebuild the dataset (`make dataset FORCE=1`)")
-            x, meta = core.preprocess(image, size)
+            x, meta = decode.preprocess(image, size)
             inputs.append(x)
             metas.append(meta)
         out = backend(np.concatenate(inputs))
         for j, (im, meta) in enumerate(zip(chunk, metas)):
-            boxes, scores, cls = core.postprocess([o[j:j + 1] for o in out], backend.layout, size, e["conf"],
+            boxes, scores, cls = decode.postprocess([o[j:j + 1] for o in out], backend.layout, size, e["conf"],
                                                   e["iou"], e["max_det"])
-            dets += core.to_coco(im["id"], core.scale_boxes(boxes, meta), scores, cls, CATEGORY_IDS)
+            dets += decode.to_coco(im["id"], decode.scale_boxes(boxes, meta), scores, cls, CATEGORY_IDS)
         latency += [(time.perf_counter() - t0) * 1000 / len(chunk)] * len(chunk)
     return dets, latency
 
@@ -175,7 +175,7 @@ def evaluate_one(cfg: dict, fmt: str, weights: Path, root: Path, force: bool = F
     """Metrics for one model. The convert stage passes its own backend (the RKNN simulator) and the
     input size the model was built for."""
     e = cfg["evaluate"]
-    size = size or core.input_size(e["imgsz"] or cfg["export"]["imgsz"] or cfg["train"]["imgsz"])
+    size = size or decode.input_size(e["imgsz"] or cfg["export"]["imgsz"] or cfg["train"]["imgsz"])
     if size[0] % 32 or size[1] % 32:
         raise UserError(f"evaluate.imgsz={list(size)}: height and width must be multiples of 32 (the stride)")
     sets = evaluation_sets(cfg, root)

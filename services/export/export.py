@@ -5,7 +5,7 @@ artifacts/<exp>/models/<exp>.onnx            the standard ultralytics head, for 
     input  images (1, 3, h, w) float32 RGB in [0, 1]
     output output0 (1, 4 + classes, anchors): cx, cy, w, h in input pixels, then class scores
 artifacts/<exp>/models/<exp>.rknn-head.onnx  the quantization-friendly head for RKNN INT8, in the
-    layout export.rknn_head names (services/evaluate/core.py LAYOUTS). The default, dfl, is
+    layout export.rknn_head names (services/common/decode.py LAYOUTS). The default, dfl, is
     Rockchip's rknn_model_zoo layout: per stride 8, 16, 32, box_s<s> (1, 64, h/s, w/s) DFL logits
     and score_s<s> (1, classes, h/s, w/s) sigmoid scores; the CPU does softmax and decode in float.
   Every INT8 tensor has one scale. Boxes (0..imgsz) and scores (0..1) in one tensor round every
@@ -23,7 +23,7 @@ import numpy as np
 
 from services.common import files, manifest, paths
 from services.common.log import UserError, info, table
-from services.evaluate import core
+from services.common import decode
 
 STAGE = "export"
 
@@ -42,7 +42,7 @@ def load_model(weights: Path):
 
 class RknnHead:
     """Wraps the model so that its Detect head returns the outputs of an RKNN head layout
-    (core.LAYOUTS) instead of one decoded tensor:
+    (decode.LAYOUTS) instead of one decoded tensor:
 
     dfl        per stride: the box branch's DFL logits and the sigmoid class scores (Rockchip's
                rknn_model_zoo layout); softmax, expectation and decode run on the CPU in float
@@ -124,18 +124,18 @@ def parity(modules: dict, size, onnx_files: dict, images: list[Path], e: dict) -
     sessions = {k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for k, p in onnx_files.items()}
     out = {k: {"max_abs_diff": 0.0, "top_detections_agree": True, "images": len(images)} for k in sessions}
     for path in images:
-        x, _ = core.preprocess(cv2.imread(str(path)), size)
+        x, _ = decode.preprocess(cv2.imread(str(path)), size)
         refs = {}
         with torch.no_grad():
             for k, module in modules.items():
                 y = module(torch.from_numpy(x))
                 refs[k] = [t.numpy() for t in (y if isinstance(y, (list, tuple)) else [y])]
-        ref_top = core.postprocess(refs["onnx"][:1], "standard", size, 0.25, e["iou"], 10)
+        ref_top = decode.postprocess(refs["onnx"][:1], "standard", size, 0.25, e["iou"], 10)
         for k, s in sessions.items():
             y = s.run(None, {"images": x})
             diff = max(float(np.abs(a - b).max()) for a, b in zip(y, refs[k]))
             out[k]["max_abs_diff"] = max(out[k]["max_abs_diff"], diff)
-            top = core.postprocess(y, core.layout_of([a.shape for a in y], size), size, 0.25, e["iou"], 10)
+            top = decode.postprocess(y, decode.layout_of([a.shape for a in y], size), size, 0.25, e["iou"], 10)
             agree = len(top[0]) == len(ref_top[0]) and all(
                 _iou(a, b) >= 0.9 and abs(sa - sb) <= 0.01
                 for a, b, sa, sb in zip(top[0], ref_top[0], top[1], ref_top[1]))
@@ -155,7 +155,7 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
     exp = cfg["experiment"]
     art = paths.artifacts_dir(exp, root)
     weights = art / "weights" / "best.pt"
-    size = core.input_size(x["imgsz"] or cfg["train"]["imgsz"])
+    size = decode.input_size(x["imgsz"] or cfg["train"]["imgsz"])
     if size[0] % 32 or size[1] % 32:
         raise UserError(f"export.imgsz={list(size)}: height and width must be multiples of 32 (the stride)")
     models = art / "models"
@@ -183,7 +183,7 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
               "opset": x["opset"], "simplifier": x["simplify"],
               "models": {k: {"file": paths.rel(p, root), "bytes": p.stat().st_size, "outputs": names[k],
                              "layout": "standard" if k == "onnx" else x["rknn_head"],
-                             "layout_means": core.LAYOUTS["standard" if k == "onnx" else x["rknn_head"]]}
+                             "layout_means": decode.LAYOUTS["standard" if k == "onnx" else x["rknn_head"]]}
                          for k, p in targets.items()},
               "parity_vs_pt": checks, "seconds": timings, "started": started, "finished": manifest.now(),
               "wall_s": round(time.perf_counter() - t0, 2)}

@@ -1,6 +1,7 @@
 """The pre- and post-processing every backend shares, so differences between formats come from the
-model, not the code. numpy and OpenCV only: it runs in the train environment and in the convert
-environment (numpy 1.26, no ultralytics), where the RKNN simulator and the board script use it too.
+model, not the code. numpy and OpenCV only, and nothing from the project: it runs in the train
+environment and in the convert environment (numpy 1.26, no ultralytics), where the RKNN simulator
+uses it too, and the board bundle carries a copy as yolo_core.py (services/convert/board.py).
 
 Pre-processing is ultralytics' LetterBox (keep the aspect ratio, pad with grey 114 to the input size,
 centred), BGR -> RGB, /255, NCHW float32. Post-processing takes the raw outputs of any head layout
