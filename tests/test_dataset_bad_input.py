@@ -87,7 +87,8 @@ def test_up_to_date_output_is_reused_and_a_stale_one_moved_aside(tmp_path, demo_
 
     # a changed policy rebuilds, and the old output is moved aside, not deleted
     changed = stage(root, "dataset.calib_images=5")
-    assert changed.returncode == 0 and "moved aside" in changed.stdout
+    assert changed.returncode == 0 and "the previous output was built from other inputs or policy " \
+        "(dataset_config.calib_images); moved it aside" in changed.stdout
     assert len((out / "calib.txt").read_text().splitlines()) == 5
     aside = [p for p in (root / "datasets/demo").iterdir() if p.name.startswith("yolo.old-")]
     assert len(aside) == 1 and json.loads((aside[0] / "manifest.json").read_text())["started"] == first["started"]
@@ -96,11 +97,17 @@ def test_up_to_date_output_is_reused_and_a_stale_one_moved_aside(tmp_path, demo_
     mat = root / "datasets/demo/raw/anno_val.mat"
     scipy.io.savemat(mat, {k: v for k, v in scipy.io.loadmat(mat).items() if not k.startswith("__")})
     rebuilt = stage(root, "dataset.calib_images=5")
-    assert rebuilt.returncode == 0 and "up to date" not in rebuilt.stdout and "moved aside" in rebuilt.stdout
+    assert rebuilt.returncode == 0 and "up to date" not in rebuilt.stdout
+    assert "other inputs or policy (sha256.anno_val.mat); moved it aside" in rebuilt.stdout
 
-    # and FORCE=1 (--force) rebuilds what is up to date
+    # and FORCE=1 (--force) rebuilds what is up to date: with the very same inputs it replaces the
+    # output, and no copy of identical output piles up
+    before = sorted(p.name for p in (root / "datasets/demo").iterdir())
     forced = stage(root, "dataset.calib_images=5", "--force")
-    assert forced.returncode == 0 and "up to date" not in forced.stdout
+    assert forced.returncode == 0 and "up to date" not in forced.stdout and "moved" not in forced.stdout
+    assert "rebuilt datasets/demo/yolo from unchanged inputs and policy; the previous output was replaced" in forced.stdout
+    assert sorted(p.name for p in (root / "datasets/demo").iterdir()) == before
+    assert json.loads((out / "manifest.json").read_text())["moved_aside"] is None
 
 
 def test_a_failed_rebuild_leaves_the_previous_output_intact(tmp_path, demo_raw):

@@ -191,7 +191,8 @@ def test_stage_bad_input(demo_run, tmp_path):
     proc = run_module("evaluate", ["--config", DEMO, "evaluate.format=onnx",
                                    "evaluate.weights=artifacts/demo/weights/model.onnx"], root)
     line = error_lines(proc)
-    assert proc.returncode == 2 and "not a loadable ONNX model" in line[0]
+    assert proc.returncode == 2 and "artifacts/demo/weights/model.onnx (an ONNX model) cannot be read" in line[0]
+    assert "set evaluate.weights to a readable .onnx model" in line[0]  # the user's file: no stage rebuilds it
     empty = tmp_path / "empty"
     proc = run_module("evaluate", ["--config", DEMO, "evaluate.format=pt"], empty)
     line = error_lines(proc)

@@ -44,7 +44,11 @@ def test_second_run_skips_the_up_to_date_stage_and_force_reruns_it(demo_run):
     assert again.returncode == 0 and "datasets/demo/yolo is up to date" in again.stdout
     assert "runs/demo/train is finished and up to date" in again.stdout
     forced = make("dataset", "EXP=demo", "FORCE=1", root=root)
-    assert forced.returncode == 0 and "up to date" not in forced.stdout and "moved aside" in forced.stdout
+    assert forced.returncode == 0 and "up to date" not in forced.stdout
+    assert "rebuilt datasets/demo/yolo from unchanged inputs and policy; the previous output was replaced" in forced.stdout
+    assert not [p for p in (root / "datasets" / "demo").iterdir() if ".old-" in p.name]  # nothing piles up
+    no = make("dataset", "EXP=demo", "FORCE=0", root=root)  # 0 means no
+    assert no.returncode == 0 and "datasets/demo/yolo is up to date" in no.stdout
 
 
 def test_bad_override_through_make_fails_with_one_line(demo_run):

@@ -119,7 +119,8 @@ def test_a_failed_stage_in_the_chain_is_named_with_its_last_log_lines(tmp_path, 
     assert (code, stage) == (2, "dataset")
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "train: stopped at stage 'dataset' (exit 2); its last log lines:"
-    assert any(line.startswith("  | dataset: error: override: dataset.selection_fraction=2.0 is out of range") for line in err)
+    quoted = "  | dataset: error: override: dataset.selection_fraction=2.0 is out of range"
+    assert any(line.startswith(quoted) for line in err)
     assert not (tmp_path / "datasets").exists()  # refused before any work
 
 

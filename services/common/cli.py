@@ -2,8 +2,8 @@
 import argparse
 import sys
 
-from . import config
-from .log import user_errors
+from . import config, files, paths
+from .log import info, user_errors
 
 
 def stage_main(module: str, doc: str, stage: str, run, argv=None, *, force_flags=("--force",),
@@ -28,4 +28,15 @@ def stage_main(module: str, doc: str, stage: str, run, argv=None, *, force_flags
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     a = p.parse_args(argv)
     with user_errors(stage):
-        run(config.load(a.config, a.overrides), force=a.force)
+        cfg = config.load(a.config, a.overrides)
+        clean_up_after_killed_runs(stage, cfg)
+        run(cfg, force=a.force)
+
+
+def clean_up_after_killed_runs(stage: str, cfg: dict) -> None:
+    """A stage killed mid-write leaves its temporary files (their names carry its pid); every stage
+    removes those of runs that are gone before it starts."""
+    removed = files.clean_stale_temps(*paths.stage_folders(cfg), depth=3)
+    if removed:
+        shown = ", ".join(paths.rel(p) for p in removed[:3]) + (", ..." if len(removed) > 3 else "")
+        info(stage, f"removed {len(removed)} temporary file(s) left by killed runs: {shown}")

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ def atomic_path(path: Path):
     suffix, because some writers choose the format by it (cv2.imwrite) or append it (np.savez)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")  # TEMP_RE matches it
     try:
         yield tmp
         os.replace(tmp, path)
@@ -57,19 +58,21 @@ class Build:
     def __init__(self, path: Path):
         self.path = path
         self.moved_aside: Path | None = None  # where an older `final` went, if there was one
+        self.replaced = False                 # an older `final` built from the same inputs was replaced
 
 
 @contextmanager
-def build_dir(final: Path):
-    """Yield a Build whose .path is a temporary folder beside `final`; on success move any old `final`
-    aside and rename the new one into place.
+def build_dir(final: Path, same_inputs: bool = False):
+    """Yield a Build whose .path is a temporary folder beside `final`; on success rename the new one
+    into place. An old `final` is moved aside, unless `same_inputs` says it was built from the very
+    same inputs (a forced rebuild): then it is replaced, and no copy of identical output piles up.
 
     On failure the temporary folder is removed (it is ours alone), so nothing half-built is ever left
     where a later stage would read it.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    build = Build(final.with_name(f".{final.name}.tmp-{os.getpid()}"))
+    build = Build(temp_name(final))
     shutil.rmtree(build.path, ignore_errors=True)
     build.path.mkdir()
     try:
@@ -77,9 +80,64 @@ def build_dir(final: Path):
     except BaseException:
         shutil.rmtree(build.path, ignore_errors=True)
         raise
+    if final.exists() and same_inputs:
+        replace_dir(build.path, final)
+        build.replaced = True
+        return
     if final.exists():
         build.moved_aside = move_aside(final)
     os.replace(build.path, final)
+
+
+def replace_dir(new: Path, final: Path) -> None:
+    """Swap a finished folder into place over an old one: two renames, then the old one is removed.
+    A kill between them leaves the old one under a temporary name, which the next start cleans up."""
+    old = final.with_name(f".{final.name}.replaced-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# Every temporary name here carries the writer's pid: .<name>.tmp-<pid>[.suffix] (atomic_path,
+# build_dir, the extractor) and .<name>.replaced-<pid> (replace_dir).
+TEMP_RE = re.compile(r"^\..+\.(tmp|replaced)-(\d+)(\.[^/]*)?$")
+
+
+def temp_name(final: Path, suffix: str = "") -> Path:
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}{suffix}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def clean_stale_temps(*folders: Path, depth: int = 2) -> list[Path]:
+    """Remove the temporary files and folders that killed runs left in `folders` (and their
+    subfolders, `depth` levels down): only those whose writer's pid is gone, so a run going on
+    beside this one keeps its own. Returns what was removed."""
+    removed = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        for entry in list(folder.iterdir()):
+            m = TEMP_RE.match(entry.name)
+            if m and int(m.group(2)) != os.getpid() and not pid_alive(int(m.group(2))):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry)
+            elif depth > 1 and entry.is_dir() and not entry.is_symlink() and not m:
+                removed += clean_stale_temps(entry, depth=depth - 1)
+    return removed
 
 
 def file_digest(path: Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:

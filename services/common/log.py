@@ -1,6 +1,12 @@
 """Messages for people: one line per event, one actionable line per error, a table at the end."""
+import errno
 import sys
 from contextlib import contextmanager
+
+from . import paths
+
+
+FOLDER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
 class UserError(Exception):
@@ -23,9 +29,32 @@ def user_errors(stage: str):
     except UserError as e:
         print(f"{stage}: error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2)
+    except OSError as e:
+        if e.errno not in FOLDER_ERRNOS:
+            raise
+        # A folder the stage cannot write (permissions, an immutable attribute, a read-only mount,
+        # a full disk) is the user's to fix; whatever was half-built went to a temporary name.
+        fix = ("free some space there" if e.errno in (errno.ENOSPC, errno.EDQUOT) else
+               "give this user write access to it (chown/chmod, chattr -i, or a read-write mount)")
+        print(f"{stage}: error: {paths.rel(e.filename) if e.filename else 'a file'}: {e.strerror}; {fix}, "
+              f"then run the stage again", file=sys.stderr, flush=True)
+        raise SystemExit(2)
     except KeyboardInterrupt:
         print(f"{stage}: interrupted; nothing was renamed into place", file=sys.stderr, flush=True)
         raise SystemExit(130)
+
+
+@contextmanager
+def reading(path, what: str, fix: str):
+    """The error boundary around reading a file that a user or an earlier stage supplied (weights,
+    ONNX, annotations): a parse error becomes one line naming the file, what it is, and a fix that
+    works, usually the stage that writes it again."""
+    try:
+        yield
+    except (UserError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:
+        raise UserError(f"{paths.rel(path)} ({what}) cannot be read ({type(e).__name__}); {fix}") from e
 
 
 def table(headers: list[str], rows: list[list], title: str = "") -> str:

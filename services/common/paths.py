@@ -33,3 +33,10 @@ def rel(path: Path, root: Path = ROOT) -> str:
         return str(Path(os.path.abspath(path)).relative_to(Path(root)))
     except ValueError:
         return str(path)
+
+
+def stage_folders(cfg: dict, root: Path = ROOT) -> list[Path]:
+    """Every folder an experiment's stages write into (where their temporary files live)."""
+    sets = ["coco"] if "coco_person" in cfg["evaluate"]["sets"] else []
+    return ([dataset_dir(name, root) for name in [cfg["dataset"]["name"], *sets]]
+            + [artifacts_dir(cfg["experiment"], root), runs_dir(cfg["experiment"], root)])

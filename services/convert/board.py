@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 from services.common import decode, files, manifest, paths
+from services.common.log import info
 
 HERE = Path(__file__).resolve().parent
 # Why this layout: the INT8 simulator against the float ONNX of the same head, measured with
@@ -18,10 +19,23 @@ LAYOUT_MEASUREMENTS = {
 }
 
 
+def written_by_us(board: Path) -> bool:
+    """Does board/ hold only what an earlier build wrote, unchanged (bundle.json lists each file with
+    its sha256)? Then a new build replaces it; anything else in it (a user's results, an edited
+    script) gets the folder moved aside instead."""
+    listed = (files.read_json(board / "bundle.json") or {}).get("files")
+    present = {str(p.relative_to(board)): p for p in board.rglob("*") if p.is_file() or p.is_symlink()}
+    present.pop("bundle.json", None)
+    if not isinstance(listed, dict):  # bundles from before the list: keep them
+        return False
+    return all(name in listed and files.sha256_file(p) == listed[name] for name, p in present.items())
+
+
 def write_bundle(cfg: dict, model: Path, size, layout: str, toolkit_version: str, root: Path) -> Path:
     e, exp = cfg["evaluate"], cfg["experiment"]
     out = paths.artifacts_dir(exp, root) / "board"
-    with files.build_dir(out) as build:
+    ours = out.is_dir() and written_by_us(out)
+    with files.build_dir(out, same_inputs=ours) as build:
         shutil.copyfile(model, build.path / model.name)
         (build.path / "labels.txt").write_text("person\n")
         shutil.copyfile(HERE / "board_detect.py", build.path / "detect.py")
@@ -34,9 +48,13 @@ def write_bundle(cfg: dict, model: Path, size, layout: str, toolkit_version: str
                   "layouts_measured": LAYOUT_MEASUREMENTS,
                   "input": f"(1, {size[0]}, {size[1]}, 3) uint8 RGB, letterboxed (grey 114); normalised inside",
                   "git": manifest.git_state(), "built": manifest.now()}
-        (build.path / "bundle.json").write_text(json.dumps(bundle, indent=2) + "\n")
         (build.path / "README.md").write_text(README.format(exp=exp, model=model.name, h=size[0], w=size[1],
                                                             tk=toolkit_version, platform=cfg["convert"]["platform"]))
+        bundle["files"] = {p.name: files.sha256_file(p) for p in sorted(build.path.iterdir())}
+        (build.path / "bundle.json").write_text(json.dumps(bundle, indent=2) + "\n")
+    if build.moved_aside:
+        info("convert", f"{paths.rel(out, root)} held files the convert stage did not write; moved it aside to "
+                        f"{paths.rel(build.moved_aside, root)}")
     return out
 
 

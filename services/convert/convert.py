@@ -6,18 +6,20 @@ then, in the same process (the simulator runs only a model built in the process 
   metrics/rknn.json           the evaluator's metrics with the RKNN simulator as backend
   board/                      the .rknn, labels, the board script and its README
 """
+import hashlib
 import os
 import re
 import shutil
-import tempfile
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from services.common import files, manifest, paths
-from services.common.log import UserError, table
+from services.common.log import UserError, info, table
 from services.common import decode
 from services.evaluate import evaluate
 
@@ -80,31 +82,33 @@ def build_hybrid(rknn, listing: Path, work: Path, keep: str) -> list[str]:
     listed there under custom_quantize_layers as float16; step 2 builds from it. Scores rank the
     detections and the miss rate reads nothing else, so they are what INT8 must not blur. Returns
     the tensors kept in fp16."""
-    work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="hybrid-", dir=work) as tmp:
-        here = os.getcwd()
-        os.chdir(tmp)  # step 1 writes its three files into the working directory
-        try:
-            toolkit_call("hybrid_quantization_step1", rknn.hybrid_quantization_step1(dataset=str(listing)))
-            cfg = next(Path(tmp).glob("*.quantization.cfg"))
-            text = cfg.read_text()
-            tensors = re.findall(r"^    (\S+):$", text, re.M)
-            layers = [int(m) for m in re.findall(r"^/model/model\.(\d+)/", "\n".join(tensors), re.M)]
-            detect = f"/model/model.{max(layers, default=-1)}/"  # the Detect head is the last layer
-            branches = ("cv3.",) if keep == "scores" else ("cv2.", "cv3.")
-            outputs = r"score_s\d+(_int8)?" if keep == "scores" else r"(score|box)_s\d+(_int8)?"
-            kept = [t for t in tensors if any(t.startswith(detect + b) for b in branches) or re.fullmatch(outputs, t)]
-            if not any(detect + "cv3." in t for t in kept) or "custom_quantize_layers: {}\n" not in text:
-                raise UserError("rknn-toolkit2's hybrid configuration does not have the expected form (no Detect "
-                                "head branches found); use convert.hybrid=none or auto")
-            cfg.write_text(text.replace("custom_quantize_layers: {}\n", "custom_quantize_layers:\n"
-                                        + "".join(f"    {t}: float16\n" for t in kept), 1))
-            toolkit_call("hybrid_quantization_step2", rknn.hybrid_quantization_step2(
-                model_input=str(cfg.with_name(cfg.name.replace(".quantization.cfg", ".model"))),
-                data_input=str(cfg.with_name(cfg.name.replace(".quantization.cfg", ".data"))),
-                model_quantization_cfg=str(cfg)))
-        finally:
-            os.chdir(here)
+    tmp = files.temp_name(work / "hybrid")  # its pid in the name: a killed run's is cleaned up later
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    here = os.getcwd()
+    os.chdir(tmp)  # step 1 writes its three files into the working directory
+    try:
+        toolkit_call("hybrid_quantization_step1", rknn.hybrid_quantization_step1, dataset=str(listing))
+        cfg = next(Path(tmp).glob("*.quantization.cfg"))
+        text = cfg.read_text()
+        tensors = re.findall(r"^    (\S+):$", text, re.M)
+        layers = [int(m) for m in re.findall(r"^/model/model\.(\d+)/", "\n".join(tensors), re.M)]
+        detect = f"/model/model.{max(layers, default=-1)}/"  # the Detect head is the last layer
+        branches = ("cv3.",) if keep == "scores" else ("cv2.", "cv3.")
+        outputs = r"score_s\d+(_int8)?" if keep == "scores" else r"(score|box)_s\d+(_int8)?"
+        kept = [t for t in tensors if any(t.startswith(detect + b) for b in branches) or re.fullmatch(outputs, t)]
+        if not any(detect + "cv3." in t for t in kept) or "custom_quantize_layers: {}\n" not in text:
+            raise UserError("rknn-toolkit2's hybrid configuration does not have the expected form (no Detect "
+                            "head branches found); use convert.hybrid=none or auto")
+        cfg.write_text(text.replace("custom_quantize_layers: {}\n", "custom_quantize_layers:\n"
+                                    + "".join(f"    {t}: float16\n" for t in kept), 1))
+        toolkit_call("hybrid_quantization_step2", rknn.hybrid_quantization_step2,
+                     model_input=str(cfg.with_name(cfg.name.replace(".quantization.cfg", ".model"))),
+                     data_input=str(cfg.with_name(cfg.name.replace(".quantization.cfg", ".data"))),
+                     model_quantization_cfg=str(cfg))
+    finally:
+        os.chdir(here)
+        shutil.rmtree(tmp, ignore_errors=True)
     return kept
 
 
@@ -123,9 +127,45 @@ def letterboxed_copies(images: list[Path], size, cache: Path) -> list[Path]:
     return out
 
 
-def toolkit_call(what: str, ret) -> None:
-    if ret != 0:
-        raise UserError(f"rknn-toolkit2 {what} failed (code {ret}); its messages are above")
+TOOLKIT_LOG: Path | None = None  # where rknn-toolkit2's own output goes (set by run)
+
+
+@contextmanager
+def toolkit_output():
+    """rknn-toolkit2 prints hundreds of lines of progress, from Python and from its C++ core alike: send
+    file descriptors 1 and 2 to TOOLKIT_LOG while it works (the terminal keeps our own lines)."""
+    if TOOLKIT_LOG is None:
+        yield
+        return
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(TOOLKIT_LOG, "a") as log:
+            os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush(), sys.stderr.flush()
+                os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+    finally:
+        os.close(saved[0]), os.close(saved[1])
+
+
+def toolkit_call(what: str, fn, *args, **kwargs):
+    """One rknn-toolkit2 call with its output in the log; a failure is one line, after the log's last lines."""
+    try:
+        with toolkit_output():
+            ret = fn(*args, **kwargs)
+    except Exception as e:
+        ret = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    if ret not in (0, None) and not isinstance(ret, list):
+        if TOOLKIT_LOG is not None and TOOLKIT_LOG.is_file():
+            tail = [line for line in TOOLKIT_LOG.read_text(errors="replace").replace("\r", "\n").splitlines()
+                    if line.strip()][-15:]
+            print("rknn-toolkit2's last log lines:\n" + "\n".join(f"  | {line}" for line in tail), file=sys.stderr)
+        where = f" (whole log: {paths.rel(TOOLKIT_LOG)})" if TOOLKIT_LOG is not None else ""
+        raise UserError(f"rknn-toolkit2 {what} failed ({ret}); its last log lines are above{where}")
+    return ret
 
 
 class RknnSimBackend:
@@ -183,9 +223,11 @@ def save_simulator_outputs(rknn, images: list[Path], size, out: Path) -> None:
 
 def quantization_report(rknn, images: list[Path], keep_dumps: bool, out: Path) -> dict:
     """rknn-toolkit2's accuracy analysis (float vs quantized, simulator) reduced to the model outputs."""
-    dump = Path(tempfile.mkdtemp(prefix="rknn-analysis-", dir=out.parent))
+    dump = files.temp_name(out.parent / "rknn-analysis")
+    shutil.rmtree(dump, ignore_errors=True)
     try:
-        toolkit_call("accuracy_analysis", rknn.accuracy_analysis(inputs=[str(p) for p in images], output_dir=str(dump)))
+        toolkit_call("accuracy_analysis", rknn.accuracy_analysis, inputs=[str(p) for p in images],
+                     output_dir=str(dump))
         report = (dump / "error_analysis.txt").read_text()
         outputs = {}
         for line in report.splitlines():
@@ -207,16 +249,45 @@ def quantization_report(rknn, images: list[Path], keep_dumps: bool, out: Path) -
         shutil.rmtree(dump, ignore_errors=True)
 
 
+def fingerprint(cfg: dict, onnx_path: Path, images: list[Path], root: Path) -> dict:
+    """Everything the .rknn, its metrics and the board bundle depend on. If it equals the manifest's,
+    the stage has nothing to do (the toolkit's builds are not byte-reproducible, so rebuilding would
+    only churn)."""
+    from importlib import metadata
+    val_gt = paths.yolo_dir(cfg["dataset"]["name"], root) / "val_gt.json"
+    calibration = hashlib.sha256()
+    for p in images:
+        calibration.update(f"{paths.rel(p, root)} {files.sha256_file(p)}\n".encode())
+    return {"onnx_sha256": files.sha256_file(onnx_path), "calibration_sha256": calibration.hexdigest(),
+            "val_gt_sha256": files.sha256_file(val_gt) if val_gt.is_file() else None,
+            "convert": cfg["convert"], "evaluate": cfg["evaluate"], "evaluator_version": evaluate.EVALUATOR_VERSION,
+            "toolkit_version": metadata.version("rknn-toolkit2")}
+
+
 def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
-    from rknn.api import RKNN
+    global TOOLKIT_LOG
     c, exp = cfg["convert"], cfg["experiment"]
     art = paths.artifacts_dir(exp, root)
     onnx_path = art / "models" / f"{exp}.rknn-head.onnx"
     size, layout = check_onnx(onnx_path, root)
     images = calibration_images(cfg, root)
     target = art / "models" / f"{exp}_{c['dtype']}_{c['platform']}.rknn"
+    manifest_path = art / "models" / f"{target.stem}.manifest.json"
+    fp = fingerprint(cfg, onnx_path, images, root)
+    old = files.read_json(manifest_path)
+    if (not force and old and old.get("fingerprint") == fp and target.is_file()
+            and (art / "metrics" / "rknn.json").is_file() and (art / "board" / "bundle.json").is_file()):
+        info(STAGE, f"{paths.rel(target, root)} is up to date (inputs, settings and toolkit unchanged); "
+                    f"FORCE=1 rebuilds it")
+        return old
+    from rknn.api import RKNN
     started, t0 = manifest.now(), time.perf_counter()
     seconds = {}
+    (art / "rknn").mkdir(parents=True, exist_ok=True)
+    TOOLKIT_LOG = art / "rknn" / "toolkit.log"
+    TOOLKIT_LOG.write_text("")
+    info(STAGE, f"building {paths.rel(target, root)}; rknn-toolkit2's own messages go to "
+                f"{paths.rel(TOOLKIT_LOG, root)}")
 
     t = time.perf_counter()
     cache = art / "rknn" / f"calib-{size[0]}x{size[1]}"
@@ -225,22 +296,22 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
     files.atomic_write_text(listing, "".join(f"{p.resolve()}\n" for p in calib))
     seconds["calibration_prep"] = round(time.perf_counter() - t, 2)
 
-    rknn = RKNN(verbose=False)
+    with toolkit_output():
+        rknn = RKNN(verbose=False)
     try:
         t = time.perf_counter()
-        toolkit_call("config", rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]],
-                                           target_platform=c["platform"], quantized_algorithm=c["algorithm"],
-                                           quantized_dtype="w8a8"))
-        toolkit_call("load_onnx", rknn.load_onnx(model=str(onnx_path)))
+        toolkit_call("config", rknn.config, mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]],
+                     target_platform=c["platform"], quantized_algorithm=c["algorithm"], quantized_dtype="w8a8")
+        toolkit_call("load_onnx", rknn.load_onnx, model=str(onnx_path))
         kept_fp16 = []
         if c["hybrid"] in ("scores", "head"):
             kept_fp16 = build_hybrid(rknn, listing, art / "rknn", c["hybrid"])
         else:
-            toolkit_call("build", rknn.build(do_quantization=c["dtype"] == "int8", dataset=str(listing),
-                                             auto_hybrid=c["hybrid"] == "auto"))
+            toolkit_call("build", rknn.build, do_quantization=c["dtype"] == "int8", dataset=str(listing),
+                         auto_hybrid=c["hybrid"] == "auto")
         seconds["build"] = round(time.perf_counter() - t, 2)
         with files.atomic_path(target) as tmp:
-            toolkit_call("export_rknn", rknn.export_rknn(str(tmp)))
+            toolkit_call("export_rknn", rknn.export_rknn, str(tmp))
 
         val_images = sorted((paths.yolo_dir(cfg["dataset"]["name"], root) / "val" / "images").glob("*.png"))
         t = time.perf_counter()
@@ -249,15 +320,18 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
         quant = quantization_report(rknn, analysis, c["keep_analysis_dumps"], art / "metrics" / "quantization.json")
         seconds["accuracy_analysis"] = round(time.perf_counter() - t, 2)
 
-        toolkit_call("init_runtime (simulator)", rknn.init_runtime())
-        quant["float_vs_quantized"] = float_vs_quantized(rknn, onnx_path, analysis)
+        toolkit_call("init_runtime (simulator)", rknn.init_runtime)
+        with toolkit_output():
+            quant["float_vs_quantized"] = float_vs_quantized(rknn, onnx_path, analysis)
         backend = RknnSimBackend(rknn, size, layout)
         t = time.perf_counter()
         metrics = evaluate.evaluate_one(cfg, "rknn", target, root, force=True, backend=backend, size=size)
         seconds["simulator_evaluation"] = round(time.perf_counter() - t, 2)
-        save_simulator_outputs(rknn, val_images[:2], size, art / "rknn" / "simulator_outputs.npz")
+        with toolkit_output():
+            save_simulator_outputs(rknn, val_images[:2], size, art / "rknn" / "simulator_outputs.npz")
     finally:
-        rknn.release()
+        with toolkit_output():
+            rknn.release()
 
     quant.update(max_score_on_val=backend.max_score, all_scores_zero=backend.max_score == 0.0)
     files.atomic_write_json(art / "metrics" / "quantization.json", quant)
@@ -267,11 +341,12 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
               "imgsz_hw": list(size), "layout": layout, "calibration_images": len(calib), "seconds": seconds,
               "settings": {k: c[k] for k in ("platform", "dtype", "algorithm", "hybrid")},
               "kept_in_fp16": kept_fp16,
-              "toolkit_version": metadata.version("rknn-toolkit2"),
+              "toolkit_version": metadata.version("rknn-toolkit2"), "fingerprint": fp,
+              "toolkit_log": paths.rel(TOOLKIT_LOG, root),
               "started": started, "finished": manifest.now(), "wall_s": round(time.perf_counter() - t0, 2)}
-    files.atomic_write_json(art / "models" / f"{target.stem}.manifest.json", result)
     from . import board
     board.write_bundle(cfg, target, size, layout, result["toolkit_version"], root)
+    files.atomic_write_json(manifest_path, result)  # last: it is what says the stage is done
     val = metrics["sets"].get("val", {})
     print(table(["model", "MB", "build s", "AP50 (simulator)", "max score", "MR-2 Reasonable %"],
                 [[paths.rel(target, root), f"{target.stat().st_size / 1e6:.1f}", seconds["build"],

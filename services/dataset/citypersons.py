@@ -184,6 +184,28 @@ def read_mat(path: Path, split: str) -> list[dict]:
     return records
 
 
+def undecodable(images: list[Path], what: str) -> set[Path]:
+    """The images among `images` whose pixel data does not decode. A PNG with a valid header and end
+    chunk can still hold garbage; the splits a model is judged or calibrated on are decoded in full
+    (in threads: the zlib inflate releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    def bad(path: Path) -> bool:
+        try:
+            with Image.open(path) as im:
+                im.load()
+            return False
+        except Exception:  # any decoder complaint means the same: the file cannot be used
+            return True
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        flags = list(tqdm(pool.map(bad, images), total=len(images), desc=f"{what:>9}", unit="img",
+                          mininterval=0.5, leave=False))
+    return {p for p, f in zip(images, flags) if f}
+
+
 def png_size(path: Path):
     """(width, height) from the PNG header, or None if the file is not a whole PNG.
 
@@ -277,14 +299,31 @@ def split_selection(records: list[dict], fraction: float, seed: int):
     return train, selection
 
 
-def record_moved_aside(result: dict, build, out_dir: Path, root: Path) -> None:
-    """After build_dir renamed the new output into place: say where the old one went, in the
-    manifest and on the terminal."""
+def record_moved_aside(result: dict, build, out_dir: Path, root: Path, old: dict | None) -> None:
+    """After build_dir renamed the new output into place: say what happened to the old one and why,
+    in the manifest and on the terminal."""
+    if build.replaced:
+        info(STAGE, f"FORCE=1: rebuilt {paths.rel(out_dir, root)} from unchanged inputs and policy; "
+                    f"the previous output was replaced")
     if build.moved_aside:
         result["moved_aside"] = paths.rel(build.moved_aside, root)
         files.atomic_write_json(out_dir / "manifest.json", result)
-        info(STAGE, f"the previous output did not match the inputs or policy; moved aside to "
-                    f"{paths.rel(build.moved_aside, root)}")
+        info(STAGE, f"the previous output was built from other {changed(old, result['fingerprint'])}; "
+                    f"moved it aside to {paths.rel(build.moved_aside, root)}")
+
+
+def changed(old: dict | None, new: dict) -> str:
+    """What differs between an old output's fingerprint and the new one, in words."""
+    old_fp = (old or {}).get("fingerprint") or {}
+    if not old_fp:
+        return "inputs (it has no readable manifest)"
+    keys = []
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(old_fp.get(k), dict):
+            keys += [f"{k}.{kk}" for kk in sorted(set(v) | set(old_fp[k])) if v.get(kk) != old_fp[k].get(kk)]
+        elif old_fp.get(k) != v:
+            keys.append(k)
+    return "inputs or policy (" + ", ".join(keys or ["its manifest"]) + ")"
 
 
 def yolo_labels(bbs: np.ndarray, width: int, height: int, positive_ids: set):
@@ -380,17 +419,20 @@ class Linker:
 
 
 def write_split(out: Path, split: str, records: list[dict], images: Path, positive_ids: set,
-                keep_background: bool, link: Linker, sizes: dict) -> dict:
-    """Labels and linked images for one split; returns its counts."""
+                keep_background: bool, link: Linker, sizes: dict, decode: bool = False) -> dict:
+    """Labels and linked images for one split; returns its counts. With `decode`, every image is
+    decoded in full first and those that do not decode are left out (counted as unreadable)."""
     (out / split / "images").mkdir(parents=True)
     (out / split / "labels").mkdir(parents=True)
     n = Counter()
     by_class = Counter()
     unreadable = []
+    sources = [images / r["split"] / r["city"] / r["name"] for r in records]
+    garbage = undecodable([s for s in sources if png_size(s)], f"{split} px") if decode else set()
     for r in tqdm(records, desc=f"{split:>9}", unit="img", mininterval=0.5, leave=False):
         src = images / r["split"] / r["city"] / r["name"]
         size = png_size(src)
-        if size is None:
+        if size is None or src in garbage:
             unreadable.append(paths.rel(src))
             continue
         sizes[r["name"]] = size
@@ -453,16 +495,18 @@ def convert(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
     positive_ids = {CLASS_ID[c] for c in d["positives"]}
     link = Linker(d["link"])
     sizes = {}
-    with files.build_dir(out_dir) as build:
+    with files.build_dir(out_dir, same_inputs=bool(old) and old.get("fingerprint") == fp) as build:
         counts = {}
         for split, recs, keep in (("train", train, d["keep_background"]), ("selection", selection, True),
                                   ("val", records["val"], True)):
             # Background is dropped from train only when asked: the evaluation splits stay whole.
-            counts[split] = write_split(build.path, split, recs, images, positive_ids, keep, link, sizes)
+            # The splits a model is judged on are decoded in full; train only where calibration draws.
+            counts[split] = write_split(build.path, split, recs, images, positive_ids, keep, link, sizes,
+                                        decode=split != "train")
         gt = val_gt(records["val"], sizes)
         files.atomic_write_json(build.path / "val_gt.json", gt)
         files.atomic_write_json(build.path / "val_coco.json", val_coco(gt))
-        calib = calibration_list(build.path, out_dir, d["calib_images"], d["seed"], root)
+        calib = calibration_list(build.path, out_dir, d["calib_images"], d["seed"], root, counts["train"])
         (build.path / "calib.txt").write_text("".join(p + "\n" for p in calib))
         (build.path / f"{d['name']}.yaml").write_text(ultralytics_yaml(d["name"], bool(selection)))
         result = {
@@ -481,15 +525,39 @@ def convert(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
             "wall_s": round(time.perf_counter() - t0, 3),
         }
         files.atomic_write_json(build.path / "manifest.json", result)
-    record_moved_aside(result, build, out_dir, root)
+    record_moved_aside(result, build, out_dir, root, old)
     report(result, out_dir, link, root)
     return result
 
 
-def calibration_list(build: Path, final: Path, n: int, seed: int, root: Path) -> list[str]:
-    names = sorted(p.name for p in (build / "train" / "images").iterdir())
-    picked = sorted(random.Random(seed).sample(names, min(n, len(names))))
-    return [paths.rel(final / "train" / "images" / name, root) for name in picked]
+def calibration_list(build: Path, final: Path, n: int, seed: int, root: Path, counts: dict) -> list[str]:
+    """n train images drawn with the seed, each decoded in full: one that does not decode is taken
+    out of the train split (counted as unreadable) and replaced by the next draw, so the RKNN stage
+    never meets it and `make dataset FORCE=1` does not draw it again."""
+    folder = build / "train" / "images"
+    names = sorted(p.name for p in folder.iterdir())
+    rng = random.Random(seed)
+    picked = rng.sample(names, min(n, len(names)))
+    rest = [x for x in names if x not in set(picked)]
+    rng.shuffle(rest)
+    good, queue = [], picked
+    while queue and len(good) < n:
+        bad = undecodable([folder / x for x in queue], "calib px")
+        for x in queue:
+            if folder / x in bad:
+                (folder / x).unlink()
+                label = build / "train" / "labels" / (Path(x).stem + ".txt")
+                boxes = len(label.read_text().splitlines())
+                counts["boxes"] -= boxes
+                counts["background"] -= boxes == 0
+                label.unlink()
+                counts["images"] -= 1
+                counts["unreadable"] += 1
+                counts["unreadable_files"].append(paths.rel(final / "train" / "images" / x, root))
+            else:
+                good.append(x)
+        queue, rest = rest[:n - len(good)], rest[n - len(good):]
+    return [paths.rel(final / "train" / "images" / name, root) for name in sorted(good)]
 
 
 def report(result: dict, out_dir: Path, link: Linker, root: Path) -> None:

@@ -175,7 +175,7 @@ def build(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
 
     link = Linker(d["link"])
     n = {"clipped": 0, "degenerate": 0, "boxes": 0}
-    with files.build_dir(out_dir) as build:
+    with files.build_dir(out_dir, same_inputs=bool(old) and old.get("fingerprint") == fp) as build:
         (build.path / "val" / "images").mkdir(parents=True)
         (build.path / "val" / "labels").mkdir(parents=True)
         for im in tqdm(images, desc="coco person", unit="img", mininterval=0.5, leave=False):
@@ -223,7 +223,7 @@ def build(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
             "started": started, "finished": manifest.now(), "wall_s": round(time.perf_counter() - t0, 3),
         }
         files.atomic_write_json(build.path / "manifest.json", result)
-    record_moved_aside(result, build, out_dir, root)
+    record_moved_aside(result, build, out_dir, root, old)
     info(STAGE, link.summary())
     c = counts
     print(table(["set", "images", "with person", "negatives", "person boxes", "crowd", "missing"],

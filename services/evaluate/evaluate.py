@@ -9,6 +9,7 @@ artifacts/<exp>/metrics/summary.md                 one row per format, with the 
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from services.common import decode, files, manifest, paths
-from services.common.log import UserError, info, table, warn
+from services.common.log import UserError, info, reading, table, warn
 
 from . import scoring
 
@@ -38,12 +39,9 @@ class TorchBackend:
 
     def __init__(self, weights: Path):
         import torch
-        try:
+        with reading(weights, "a YOLO PyTorch checkpoint", fix_for(weights, "pt")):
             ckpt = torch.load(weights, map_location="cpu", weights_only=False)
             model = (ckpt.get("ema") or ckpt["model"]).float()
-        except Exception as e:
-            raise UserError(f"{paths.rel(weights)} is not a YOLO PyTorch checkpoint ({type(e).__name__}); "
-                            f"evaluate.format=pt needs a .pt file such as artifacts/<exp>/weights/best.pt")
         self.model = model.fuse().eval() if hasattr(model, "fuse") else model.eval()
         self.torch = torch
         self.device = manifest.cpu_name()
@@ -60,11 +58,8 @@ class OnnxBackend:
 
     def __init__(self, weights: Path):
         import onnxruntime as ort
-        try:
+        with reading(weights, "an ONNX model", fix_for(weights, "onnx")):
             self.session = ort.InferenceSession(str(weights), providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise UserError(f"{paths.rel(weights)} is not a loadable ONNX model ({str(e).splitlines()[0][:120]}); "
-                            f"evaluate.format=onnx needs an .onnx file such as artifacts/<exp>/models/<exp>.onnx")
         first = self.session.get_inputs()[0]
         self.input, self.size = first.name, tuple(first.shape[2:])
         try:
@@ -75,6 +70,15 @@ class OnnxBackend:
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         return self.session.run(None, {self.input: x})
+
+
+def fix_for(weights: Path, fmt: str) -> str:
+    """What mends an unreadable model: the stage that wrote it, or, for the user's own file, another file."""
+    parts = Path(paths.rel(weights)).parts
+    if parts[:1] == ("artifacts",) and len(parts) == 4 and parts[2] == ("weights" if fmt == "pt" else "models"):
+        return ("`make fit` copies the weights again from the finished run (if the run's own are damaged too, "
+                "`make fit FRESH=1` trains anew)" if fmt == "pt" else "`make export FORCE=1` writes it again")
+    return f"set evaluate.weights to a readable {'YOLO .pt checkpoint' if fmt == 'pt' else '.onnx model'}"
 
 
 def backend_for(fmt: str, weights: Path):
@@ -255,8 +259,15 @@ def ultralytics_val(cfg, weights: Path, size, root: Path) -> dict:
     yolo_env.prepare(root)
     from ultralytics import YOLO
     data = paths.yolo_dir(cfg["dataset"]["name"], root) / f"{cfg['dataset']['name']}.yaml"
-    r = YOLO(str(weights)).val(data=str(data), split="test", imgsz=max(size), batch=cfg["evaluate"]["batch"],
-                               device="cpu", plots=False, verbose=False, save_json=False)
+    # Its validator makes a folder per call (runs/detect/val, val-2, ...): give it a scratch one
+    # outside runs/, the folder TensorBoard serves, and remove it.
+    scratch = files.temp_name(paths.artifacts_dir(cfg["experiment"], root) / "ultralytics-val")
+    try:
+        r = YOLO(str(weights)).val(data=str(data), split="test", imgsz=max(size), batch=cfg["evaluate"]["batch"],
+                                   device="cpu", plots=False, verbose=False, save_json=False,
+                                   project=str(scratch), name="val", exist_ok=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return {"mAP50": float(r.box.map50), "mAP50-95": float(r.box.map), "split": "test (the official val)",
             "note": "ultralytics' internal metric, not pycocotools: for comparison only"}
 

@@ -188,9 +188,13 @@ def run(cfg: dict, root: Path = paths.ROOT, fresh: bool = False, callbacks=()) -
         if state["status"] != "finished":
             raise UserError(f"refusing to resume {paths.rel(run_dir, root)}: changed since it started: "
                             f"{', '.join(changed)}; FRESH=1 starts anew (the old run is moved aside)")
-        info(STAGE, f"config changed since the finished run ({', '.join(changed)}); moved it aside to "
-                    f"{paths.rel(files.move_aside(run_dir), root)} and training anew")
+        # Hours of GPU time are not thrown away (nor a thesis run replaced) without being asked.
+        raise UserError(f"{paths.rel(run_dir, root)} is a finished run with other settings: {', '.join(changed)}; "
+                        f"FRESH=1 trains anew with these (the finished run is moved aside, never deleted), "
+                        f"or undo the change to keep it")
     elif state and state["status"] == "finished" and (art / "train" / "manifest.json").is_file():
+        if copy_weights(run_dir, art / "weights"):
+            info(STAGE, f"{paths.rel(art / 'weights', root)} did not match the run's weights; copied them again")
         info(STAGE, f"{paths.rel(run_dir, root)} is finished and up to date; FRESH=1 trains anew")
         return files.read_json(art / "train" / "manifest.json")
     elif state and last.is_file() and checkpoint_epoch(last) is None:
@@ -287,17 +291,26 @@ class _FinishedRun:
         self.metrics, self.batch_size = {}, self.args.get("batch")
 
 
+def copy_weights(run_dir: Path, weights: Path) -> list[str]:
+    """artifacts/<exp>/weights/{best,last}.pt: copies of the run's, (re)written when they differ, so a
+    damaged or deleted copy is mended by the next `make fit`. Returns the names written."""
+    weights.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in ("best.pt", "last.pt"):
+        src, dst = run_dir / "weights" / name, weights / name
+        if src.is_file() and not (dst.is_file() and files.sha256_file(dst) == files.sha256_file(src)):
+            with files.atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
+            written.append(name)
+    return written
+
+
 def _finish(cfg, trainer, args, run_dir, art, state, data_sum, started, t0, root) -> dict:
     import torch
     import ultralytics
 
     weights = art / "weights"
-    weights.mkdir(parents=True, exist_ok=True)
-    for name in ("best.pt", "last.pt"):
-        src = run_dir / "weights" / name
-        if src.is_file():
-            with files.atomic_path(weights / name) as tmp:
-                shutil.copyfile(src, tmp)
+    copy_weights(run_dir, weights)
     rows = list(csv.DictReader((run_dir / "results.csv").open())) if (run_dir / "results.csv").is_file() else []
     rows = [{k.strip(): float(v) for k, v in r.items()} for r in rows]
     best = max(rows, key=lambda r: 0.1 * r.get("metrics/mAP50(B)", 0) + 0.9 * r.get("metrics/mAP50-95(B)", 0),
