@@ -222,3 +222,13 @@ def test_an_unwritable_output_folder_is_one_line_and_leaves_nothing(tmp_path, de
     finally:
         subprocess.run(["chattr", "-i", str(folder)])
     assert run_module("dataset", ["--config", DEMO], root).returncode == 0  # and once writable, it works
+
+
+def test_a_damaged_ground_truth_names_the_stage_that_rebuilds_it(demo_run, tmp_path):
+    root = copy_run(demo_run[0], tmp_path / "root")
+    gt = root / "datasets" / "demo" / "yolo" / "val_gt.json"
+    gt.unlink()  # a hard link: the demo run's own file stays whole
+    gt.write_text('{"images": [')
+    line = one_error(run_module("evaluate", ["--config", DEMO, "evaluate.format=onnx", "--force"], root))
+    assert "datasets/demo/yolo/val_gt.json (the val set's ground truth) cannot be read (JSONDecodeError)" in line
+    assert "`make dataset FORCE=1`" in line

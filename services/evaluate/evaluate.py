@@ -212,7 +212,11 @@ def evaluate_one(cfg: dict, fmt: str, weights: Path, root: Path, force: bool = F
     for name, (folder, gt_file, coco_file) in sets.items():
         # The image list comes from the miss-rate ground truth where there is one (its ids are the
         # official ones), else from the COCO file.
-        gt = scoring.load_json(gt_file if gt_file is not None else coco_file)
+        truth = gt_file if gt_file is not None else coco_file
+        with reading(truth, f"the {name} set's ground truth", "`make dataset FORCE=1` writes it again"):
+            gt = scoring.load_json(truth)
+            if not isinstance(gt, dict) or "images" not in gt:
+                raise ValueError("no image list")
         dets, latency = detect(backend, gt["images"], folder, size, e)
         all_latency += latency
         try:
