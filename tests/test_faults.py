@@ -142,6 +142,24 @@ def test_a_killed_export_is_cleaned_up_by_the_next_run(demo_run, tmp_path):
     assert "temporary file(s) left by killed runs" in rerun.stdout and not temps(root)
 
 
+@needs_convert_env
+def test_a_killed_convert_stage_is_cleaned_up_by_the_next_run(demo_run, tmp_path):
+    root = copy_run(demo_run[0], tmp_path / "root")
+    art = root / "artifacts" / "demo"
+    model = art / "models" / "demo_int8_rk3588.rknn"
+    before = model.read_bytes()
+    proc = subprocess.Popen([str(CONVERT_PY), "-m", "services.convert", "--config", DEMO, "--force"], cwd=ROOT,
+                            env=stage_env(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    kill_when(proc, ".hybrid.tmp-*", art / "rknn")
+    assert model.read_bytes() == before  # the live model is intact
+    rerun = subprocess.run([str(CONVERT_PY), "-m", "services.convert", "--config", DEMO], cwd=ROOT,
+                           env=stage_env(root), capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "temporary file(s) left by killed runs: artifacts/demo/rknn/.hybrid.tmp-" in rerun.stdout
+    assert "is up to date" in rerun.stdout and not temps(root) and not aside(art)
+
+
 # 5. what a later stage refuses is refused first, before anything moves --------------------------------
 def test_values_a_later_stage_refuses_are_refused_before_any_work(demo_run, tmp_path):
     root = copy_run(demo_run[0], tmp_path / "root")
