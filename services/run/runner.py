@@ -387,7 +387,7 @@ def target_wheels(s: Settings) -> int:
     for kind in ("train", "convert"):
         say(f"wheels: {lock_file(s, kind)} -> requirements/wheels/")
         check([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
-               "--require-hashes", "-d", "requirements/wheels", "-r", lock_file(s, kind)], "wheels")
+               "--require-hashes", "-d", "requirements/wheels", "-r", lock_file(s, kind)])
     return 0
 
 
@@ -399,7 +399,7 @@ def target_lock(s: Settings) -> int:
         say(f"lock: requirements/{src.stem}.lock")
         check([str(uv), "pip", "compile", "--quiet", "--generate-hashes", "--python-version", "3.11",
                "--python-platform", "x86_64-manylinux_2_28", "--override", "requirements/overrides.txt",
-               "-o", f"requirements/{src.stem}.lock", f"requirements/{src.stem}.in"], "lock")
+               "-o", f"requirements/{src.stem}.lock", f"requirements/{src.stem}.in"])
     return 0
 
 
