@@ -129,3 +129,17 @@ def test_benchmark_converts_every_image_and_copies_none():
     assert "bytes of image data copied: 0  bar 0: ok" in proc.stdout
     assert "images converted: 3475 of 3475 (" in proc.stdout
     assert "val 500 images 3157 boxes" in proc.stdout
+
+
+def test_resolution_table_counts_the_official_reasonable_boxes(tmp_path):
+    """benchmarks/resolution.py: the share of small ground truths per input size, from the real .mat."""
+    out = tmp_path / "resolution.json"
+    proc = subprocess.run([sys.executable, "benchmarks/resolution.py", "--annotations", str(SHARED_CITYPERSONS),
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["val"]
+    assert [r["Reasonable"]["boxes"] for r in rows] == [1579] * 4  # the official val_gt.json's count
+    below = [r["Reasonable"]["below_32px"] for r in rows]  # 640², 512x1024, 640x1280, 1024x2048
+    assert below == sorted(below, reverse=True) and below[0] > 0.4 and below[-1] == 0.0
+    assert rows[0]["Reasonable"]["below_16px"] > 0 and rows[2]["Reasonable"]["below_16px"] == 0
+    assert "estimate" in proc.stdout
