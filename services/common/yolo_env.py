@@ -6,7 +6,9 @@ Here its settings live in <project>/.yolo (YOLO_CONFIG_DIR), TensorBoard logging
 touches the network unless a stage asks for a download on purpose.
 """
 import os
+import random
 import shutil
+import struct
 from pathlib import Path
 
 from .paths import ROOT
@@ -34,3 +36,35 @@ def prepare(root: Path = ROOT, allow_downloads: bool = False) -> None:
                      "runs_dir": str(Path(root) / "runs"),
                      "weights_dir": str(Path(root) / "datasets" / "weights"),
                      "datasets_dir": str(Path(root) / "datasets")})
+
+
+# ultralytics' check_cache_ram wants twice the cache's bytes available, else it trains uncached
+# (with a warning in the middle of its log): the stage and the doctor say so first.
+RAM_CACHE_FACTOR = 2.0
+
+
+def ram_cache_bytes(images: list[Path], imgsz: int) -> int:
+    """The bytes ultralytics' `cache: ram` holds for these training images: each resized so that its
+    long side is imgsz, 3 bytes per pixel; sizes from the PNG headers of up to 30 of them."""
+    if not images:
+        return 0
+    sample = random.Random(0).sample(images, min(30, len(images)))
+    total = 0
+    for p in sample:
+        with open(p, "rb") as f:
+            head = f.read(24)
+        w, h = struct.unpack(">II", head[16:24]) if head[12:16] == b"IHDR" else (2048, 1024)
+        r = imgsz / max(w, h)
+        total += round(w * r) * round(h * r) * 3
+    return int(total / len(sample) * len(images))
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo (a container sees the host's), in bytes; 0 when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

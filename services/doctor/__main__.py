@@ -133,6 +133,35 @@ def disk() -> None:
         "" if free >= MIN_DISK_GB else f"; the real run needs about {MIN_DISK_GB} GB (Cityscapes, COCO val, images)"))
 
 
+def ram_cache(config: Path) -> None:
+    """A train config with cache: ram that this machine's memory will not hold: ultralytics would
+    train uncached after a warning, each epoch decoding every PNG again."""
+    try:
+        import yaml
+    except ImportError:  # the host's python without PyYAML: the fit stage checks it anyway
+        return
+    if not config.is_file():
+        return
+    from services.common import yolo_env
+    defaults = yaml.safe_load((Path(__file__).resolve().parents[1] / "common" / "defaults.yaml").read_text())["train"]
+    train = {**defaults, **((yaml.safe_load(config.read_text()) or {}).get("train") or {})}
+    if (train.get("extra") or {}).get("cache") not in (True, "ram"):
+        return
+    name = dataset_settings(config)[0]
+    images = sorted((ROOT / "datasets" / name / "yolo" / "train" / "images").glob("*.png"))
+    if not images:
+        report("ok", "ram cache", f"train.extra.cache=ram: checked by `make fit` once datasets/{name}/yolo exists")
+        return
+    need = yolo_env.ram_cache_bytes(images, int(train["imgsz"])) * yolo_env.RAM_CACHE_FACTOR
+    have = yolo_env.available_memory()
+    if have and need > have:
+        report("warn", "ram cache", f"train.extra.cache=ram needs about {need / 1e9:.1f} GB free ({len(images)} images "
+               f"at imgsz {train['imgsz']}, with ultralytics' 2x margin) but {have / 1e9:.1f} GB are available: "
+               "use train.extra.cache=disk, or free memory")
+    else:
+        report("ok", "ram cache", f"train.extra.cache=ram: about {need / 1e9:.1f} GB of {have / 1e9:.1f} GB available")
+
+
 def dataset_settings(config: Path) -> tuple[str, bool, bool]:
     """(dataset name, generated demo?, COCO person listed?) from the experiment YAML."""
     d = _dataset_keys(config)
@@ -218,6 +247,7 @@ def main(argv=None) -> int:
         gpu_checks(compose, docker, a.image, gpu)
     disk()
     datasets(a.config)
+    ram_cache(a.config)
     failed = results.count("FAIL")
     print(f"doctor: {failed} check(s) failed" if failed else "doctor: ready"
           + (f" ({results.count('warn')} warning(s))" if results.count("warn") else ""))

@@ -77,6 +77,23 @@ def check_checkpoint(path: str) -> None:
                         f"give a YOLO .pt file such as yolo11n.pt")
 
 
+def check_ram_cache(t: dict, yolo: Path, device: str) -> None:
+    """train.extra.cache=ram that will not fit is refused before any work, with the estimate:
+    ultralytics would drop the cache with a warning and the epochs would quietly take longer."""
+    from services.common import yolo_env
+    if (t["extra"] or {}).get("cache") not in (True, "ram"):
+        return
+    images = sorted((yolo / "train" / "images").glob("*.png"))
+    ranks = len(device.split(",")) if device != "cpu" else 1  # DDP: every rank caches its own copy
+    need = yolo_env.ram_cache_bytes(images, t["imgsz"]) * ranks * yolo_env.RAM_CACHE_FACTOR
+    have = yolo_env.available_memory()
+    if have and need > have:
+        raise UserError(f"train.extra.cache=ram needs about {need / 1e9:.1f} GB free ({len(images)} images at imgsz "
+                        f"{t['imgsz']}, x{ranks} GPU process(es), x{yolo_env.RAM_CACHE_FACTOR:.0f} ultralytics' "
+                        f"margin) but {have / 1e9:.1f} GB are available; use train.extra.cache=disk (resized "
+                        f".npy copies beside the images) or drop the cache")
+
+
 def check_device(t: dict) -> str:
     import torch
     device = str(t["device"]).strip().lower()
@@ -176,6 +193,7 @@ def run(cfg: dict, root: Path = paths.ROOT, fresh: bool = False, callbacks=()) -
     model_src = model_src or download_model(t["model"], root)
     check_checkpoint(model_src)
     device = check_device(t)
+    check_ram_cache(t, yolo, device)
     args = ultralytics_args(t, yolo / f"{name}.yaml", run_dir, device)
 
     state_file, last = run_dir / "stage.json", run_dir / "weights" / "last.pt"

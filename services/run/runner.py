@@ -343,12 +343,12 @@ def check_experiment(s: Settings) -> None:
 def announce(s: Settings) -> tuple[str, bool]:
     """Choose runner and GPU once, say both in one line, check what Compose will need."""
     runner, why = choose_runner(s)
-    gpu = False
+    gpu, line = False, f"runner: {runner} ({why})"
     if runner == "docker":
         gpu, gpu_why = choose_gpu(s)
         check_compose_file(s, gpu)
-        why += f"; {gpu_why}"
-    say(f"runner: {runner} ({why})")
+        line += f"; {gpu_why}"
+    say(line)
     return runner, gpu
 
 
