@@ -307,8 +307,9 @@ def cmd_all(work: Path, annotations: Path) -> int:
 
 
 # The proxy fine-tuned on 2 CPU cores from the demo's weights (a GPU run uses configs/proxy.yaml as it is)
-PROXY_CPU_TRAINING = ["train.device=cpu", "train.workers=0", "train.batch=8", "train.epochs=6", "train.patience=0",
-                      "train.amp=false", "train.optimizer=AdamW", "train.lr0=0.002", "train.warmup_epochs=0",
+PROXY_CPU_TRAINING = ["train.device=cpu", "train.imgsz=640", "train.extra={}", "train.workers=0",
+                      "train.batch=8", "train.epochs=6", "train.patience=0", "train.amp=false",
+                      "train.optimizer=AdamW", "train.lr0=0.002", "train.warmup_epochs=0",
                       "dataset.proxy_train_images=330", "dataset.proxy_val_images=100", "dataset.calib_images=300"]
 
 
