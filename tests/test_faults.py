@@ -250,3 +250,17 @@ def test_a_damaged_ground_truth_names_the_stage_that_rebuilds_it(demo_run, tmp_p
     line = one_error(run_module("evaluate", ["--config", DEMO, "evaluate.format=onnx", "--force"], root))
     assert "datasets/demo/yolo/val_gt.json (the val set's ground truth) cannot be read (JSONDecodeError)" in line
     assert "`make dataset FORCE=1`" in line
+
+
+def test_a_ram_cache_that_will_not_fit_is_refused_with_the_estimate(tmp_path, demo_raw):
+    from services.common import yolo_env
+    root = demo_root(tmp_path, demo_raw)
+    assert run_module("dataset", ["--config", DEMO], root).returncode == 0
+    images = sorted((root / "datasets/demo/yolo/train/images").glob("*.png"))
+    need = yolo_env.ram_cache_bytes(images, 8192) * yolo_env.RAM_CACHE_FACTOR
+    if need <= yolo_env.available_memory():
+        import pytest
+        pytest.skip(f"this machine has more than the {need / 1e9:.0f} GB the test asks for")
+    line = one_error(run_module("fit", ["--config", DEMO, "train.imgsz=8192", "train.extra={cache: ram}"], root))
+    assert "train.extra.cache=ram needs about" in line and "GB are available" in line
+    assert "train.extra.cache=disk" in line and not (root / "runs").exists()

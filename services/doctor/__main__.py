@@ -81,34 +81,59 @@ def gpu_checks(compose: list[str], docker: list[str], image: str, gpu: bool) -> 
                "when missing); the checks inside it are skipped")
         return
     report("ok", "train image", image)
+    torch_checks(lambda *command: in_train(compose, *command), gpu, "in the train container",
+                 "the train image")
+
+
+def local_checks(venv: Path, gpu: bool) -> None:
+    """The same checks on a host without Docker (benchmarks/gpu_doctor.sh): nvidia-smi on the host,
+    torch in the local train environment."""
+    python = venv / "train" / "bin" / "python"
+    if not python.exists():
+        report("FAIL", "train env", f"{python} does not exist: `make setup` builds it from the lock file")
+        return
+    report("ok", "train env", str(python))
+
+    def on_host(*command: str) -> subprocess.CompletedProcess:
+        return run([str(python), *command[1:]] if command[0] == "python" else list(command), timeout=600)
+    torch_checks(on_host, gpu, "on this host", "the train environment", local=True)
+
+
+def torch_checks(inside, gpu: bool, where: str, env: str, local: bool = False) -> None:
+    """nvidia-smi, the driver against torch's CUDA build, torch's view of the GPU and /dev/shm, with
+    `inside(*command)` running a command where the training runs (a container, or this host)."""
     driver = None
+    check = "nvidia driver" if local else "nvidia runtime"
     if not gpu:
-        report("warn", "nvidia runtime", "not in use (GPU=0, the CPU override: training runs on the CPU); for "
+        report("warn", check, "not checked (GPU=0: training runs on the CPU)" if local else
+               "not in use (GPU=0, the CPU override: training runs on the CPU); for "
                f"a GPU install the NVIDIA Container Toolkit ({TOOLKIT_URL}) and restart the engine")
     else:
-        p = in_train(compose, "nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader")
+        p = inside("nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader")
         gpus = [line.split(",") for line in p.stdout.splitlines() if "," in line]
         if p.returncode != 0 or not gpus:
-            report("FAIL", "nvidia runtime", f"nvidia-smi does not run in the train container "
-                   f"({first_line(p.stderr or p.stdout)}): install the NVIDIA Container Toolkit "
-                   f"({TOOLKIT_URL}) and restart the engine, or use the CPU override with GPU=0")
+            fix = ("install the NVIDIA driver (nvidia-smi comes with it), or train on the CPU (train.device=cpu)"
+                   if local else f"install the NVIDIA Container Toolkit ({TOOLKIT_URL}) and restart the engine, "
+                   "or use the CPU override with GPU=0")
+            report("FAIL", check, f"nvidia-smi does not run {where} ({first_line(p.stderr or p.stdout)}): {fix}")
         else:
             driver = gpus[0][1].strip()
-            report("ok", "nvidia runtime", f"{len(gpus)} GPU(s) in the container: "
+            report("ok", check, f"{len(gpus)} GPU(s) {where}: "
                    + ", ".join(g[0].strip() for g in gpus) + f"; driver {driver}")
-    p = in_train(compose, "python", "-c", PROBE)
+    p = inside("python", "-c", PROBE)
     try:
         probe = json.loads(p.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
-        report("FAIL", "torch in image", f"python in the train image failed: {first_line(p.stderr)}")
+        report("FAIL", "torch", f"python in {env} failed: {first_line(p.stderr)}")
         return
     cuda_major = int(probe["built_for"].split(".")[0]) if probe["built_for"] else None
     if gpu:
         if probe["cuda"]:
             report("ok", "torch gpu", f"torch sees {probe['count']} GPU(s) (built for CUDA {probe['built_for']})")
         else:
-            report("FAIL", "torch gpu", "torch in the train image sees no GPU although nvidia-smi runs: "
-                   "check the driver line below, and that the engine was restarted after installing the toolkit")
+            report("FAIL", "torch gpu", f"torch in {env} sees no GPU" + (
+                   ": check the driver lines above and below" if local else " although nvidia-smi runs: check the "
+                   "driver line below, and that the engine was restarted after installing the toolkit"))
         if driver and cuda_major in MIN_DRIVER:
             need, have = MIN_DRIVER[cuda_major], int(driver.split(".")[0])
             if have < need:
@@ -118,12 +143,12 @@ def gpu_checks(compose: list[str], docker: list[str], image: str, gpu: bool) -> 
             else:
                 report("ok", "driver vs cuda", f"driver {driver} runs CUDA {probe['built_for']} (needs >= {need})")
     else:
-        report("ok", "torch", f"imports in the train image (CPU; built for CUDA {probe['built_for']})")
+        report("ok", "torch", f"imports in {env} (CPU; built for CUDA {probe['built_for']})")
     if probe["shm_gb"] < MIN_SHM_GB:
-        report("FAIL", "shm", f"/dev/shm in the train container is {probe['shm_gb']:.2f} GB: DataLoader workers "
+        report("FAIL", "shm", f"/dev/shm {where} is {probe['shm_gb']:.2f} GB: DataLoader workers "
                "will die with 'Bus error'; keep shm_size in docker-compose.yml, or set train.workers=0")
     else:
-        report("ok", "shm", f"/dev/shm in the train container: {probe['shm_gb']:.1f} GB")
+        report("ok", "shm", f"/dev/shm {where}: {probe['shm_gb']:.1f} GB")
 
 
 def disk() -> None:
@@ -238,12 +263,16 @@ def datasets(config: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="make doctor", description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--image", required=True, help="the train image the stages would use")
+    p.add_argument("--image", help="the train image the stages would use")
+    p.add_argument("--local", type=Path, metavar="VENV",
+                   help="no Docker: check the GPU from this host and torch in VENV/train instead")
     a = p.parse_args(argv)
     docker = shlex.split(os.environ.get("DOCKER", "docker"))
     compose = shlex.split(os.environ.get("COMPOSE", "docker compose"))
     gpu = os.environ.get("GPU", "1") != "0"
-    if engine(docker) and compose_v2(compose):
+    if a.local:
+        local_checks(a.local, gpu)
+    elif engine(docker) and compose_v2(compose):
         gpu_checks(compose, docker, a.image, gpu)
     disk()
     datasets(a.config)
