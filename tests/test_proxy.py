@@ -187,6 +187,7 @@ def test_proxy_experiment_is_the_real_run_on_the_proxy():
     d = cfg["dataset"]
     assert d["name"] == "proxy" and d["generate_proxy"] is True and d["generate_demo"] is False
     assert d["proxy_annotations"] == "datasets/citypersons/raw"
-    assert cfg["train"] == real["train"] and cfg["train"]["imgsz"] == 640 and cfg["train"]["device"] == "0"
+    assert cfg["train"] == real["train"] and cfg["train"]["imgsz"] == 1280 and cfg["train"]["device"] == "0"
+    assert cfg["export"]["imgsz"] == real["export"]["imgsz"] == [640, 1280]  # README: "Resolution"
     assert cfg["evaluate"]["sets"] == ["val"]
     assert config.load(PROXY, ["dataset.proxy_train_images=2975"])["dataset"]["proxy_train_images"] == 2975
