@@ -77,7 +77,7 @@ def chain(containers, tmp_path_factory):
         with phase_time("containers: first stage (dataset), building the train image if missing"):
             first = cmake(containers, "dataset", "EXP=demo", f"ARGS={CHAIN_ARGS}", "LOCAL_WHEELS=1", root=root)
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-        with phase_time("containers: make train EXP=demo (fit, evaluate, export, rknn; convert image if missing)"):
+        with phase_time("containers: make train EXP=demo (fit, export, evaluate, convert; convert image if missing)"):
             proc = cmake(containers, "train", "EXP=demo", f"ARGS={CHAIN_ARGS}", "LOCAL_WHEELS=1", root=root)
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     finally:

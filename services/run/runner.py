@@ -430,7 +430,7 @@ def target_test(s: Settings, fast: bool = False) -> int:
     python = s.venv / "train" / "bin" / "python"
     tier = ["-m", "not slow and not containers"] if fast else []
     env = {**os.environ, "PIPELINE_VENV": str(s.venv)}
-    return subprocess.run([str(python), "-m", "pytest", *tier, "tests"], cwd=ROOT, env=env).returncode
+    return subprocess.run([str(python), "-m", "pytest", *tier, "--durations=12", "tests"], cwd=ROOT, env=env).returncode
 
 
 def target_help(s: Settings) -> int:
