@@ -230,7 +230,7 @@ def test_truncated_archive_is_refused_and_nothing_extracted(tmp_path, demo_raw):
     assert "datasets/coco/raw/val2017.zip is corrupt or truncated" in line
     assert "http://images.cocodataset.org/zips/val2017.zip" in line
     assert not (raw / "val2017").exists() and images_zip.is_file()  # the user's file stays
-    assert not [p for p in raw.rglob("*") if ".partial-" in p.name]
+    assert not [p for p in raw.rglob("*") if ".tmp-" in p.name or ".partial-" in p.name]  # nothing half-extracted
 
 
 def test_offline_lists_every_missing_file_once(tmp_path, demo_raw):

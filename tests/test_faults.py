@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import (CONVERT_PY, ROOT, copy_dataset, demo_root, make, needs_convert_env, one_error, run_module,
                       stage_env)
 
@@ -229,7 +231,6 @@ def test_an_unwritable_output_folder_is_one_line_and_leaves_nothing(tmp_path, de
     root = demo_root(tmp_path, demo_raw)
     folder = root / "datasets" / "demo"
     if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
-        import pytest
         pytest.skip("chattr +i is not available here (it needs root on ext4 or similar)")
     try:
         before = tree(folder)
@@ -257,9 +258,8 @@ def test_a_ram_cache_that_will_not_fit_is_refused_with_the_estimate(tmp_path, de
     root = demo_root(tmp_path, demo_raw)
     assert run_module("dataset", ["--config", DEMO], root).returncode == 0
     images = sorted((root / "datasets/demo/yolo/train/images").glob("*.png"))
-    need = yolo_env.ram_cache_bytes(images, 8192) * yolo_env.RAM_CACHE_FACTOR
+    need = yolo_env.ram_cache_need({"imgsz": 8192, "extra": {"cache": "ram"}}, images)
     if need <= yolo_env.available_memory():
-        import pytest
         pytest.skip(f"this machine has more than the {need / 1e9:.0f} GB the test asks for")
     line = one_error(run_module("fit", ["--config", DEMO, "train.imgsz=8192", "train.extra={cache: ram}"], root))
     assert "train.extra.cache=ram needs about" in line and "GB are available" in line

@@ -17,7 +17,7 @@ def atomic_path(path: Path):
     suffix, because some writers choose the format by it (cv2.imwrite) or append it (np.savez)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")  # TEMP_RE matches it
+    tmp = temp_name(path.with_suffix(""), path.suffix)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -99,12 +99,13 @@ def replace_dir(new: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-# Every temporary name here carries the writer's pid: .<name>.tmp-<pid>[.suffix] (atomic_path,
-# build_dir, the extractor) and .<name>.replaced-<pid> (replace_dir).
+# Every temporary name carries the writer's pid: .<name>.tmp-<pid>[.suffix] (temp_name: atomic_path,
+# build_dir, the zip extractor, the convert stage's work folders) and .<name>.replaced-<pid> (replace_dir).
 TEMP_RE = re.compile(r"^\..+\.(tmp|replaced)-(\d+)(\.[^/]*)?$")
 
 
 def temp_name(final: Path, suffix: str = "") -> Path:
+    """.<name>.tmp-<pid><suffix> beside `final`: hidden, and removable once its writer is gone."""
     return final.with_name(f".{final.name}.tmp-{os.getpid()}{suffix}")
 
 

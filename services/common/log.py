@@ -44,6 +44,11 @@ def user_errors(stage: str):
         raise SystemExit(130)
 
 
+# What mends unreadable weights in artifacts/<exp>/weights/: the fit stage copies the run's again.
+MEND_WEIGHTS = ("`make fit` copies the weights again from the finished run (if the run's own are damaged too, "
+                "`make fit FRESH=1` trains anew)")
+
+
 @contextmanager
 def reading(path, what: str, fix: str):
     """The error boundary around reading a file that a user or an earlier stage supplied (weights,

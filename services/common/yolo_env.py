@@ -43,6 +43,14 @@ def prepare(root: Path = ROOT, allow_downloads: bool = False) -> None:
 RAM_CACHE_FACTOR = 2.0
 
 
+def ram_cache_need(train: dict, images: list[Path], processes: int = 1) -> int | None:
+    """The free memory ultralytics' `cache: ram` wants for these training images (with its margin, in
+    every training process), or None when the train section asks for no RAM cache."""
+    if (train.get("extra") or {}).get("cache") not in (True, "ram"):
+        return None
+    return int(ram_cache_bytes(images, int(train["imgsz"])) * processes * RAM_CACHE_FACTOR)
+
+
 def ram_cache_bytes(images: list[Path], imgsz: int) -> int:
     """The bytes ultralytics' `cache: ram` holds for these training images: each resized so that its
     long side is imgsz, 3 bytes per pixel; sizes from the PNG headers of up to 30 of them."""

@@ -158,7 +158,7 @@ def toolkit_call(what: str, fn, *args, **kwargs):
             ret = fn(*args, **kwargs)
     except Exception as e:
         ret = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    if ret not in (0, None) and not isinstance(ret, list):
+    if ret != 0:
         if TOOLKIT_LOG is not None and TOOLKIT_LOG.is_file():
             tail = [line for line in TOOLKIT_LOG.read_text(errors="replace").replace("\r", "\n").splitlines()
                     if line.strip()][-15:]

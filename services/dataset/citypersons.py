@@ -428,10 +428,10 @@ def write_split(out: Path, split: str, records: list[dict], images: Path, positi
     by_class = Counter()
     unreadable = []
     sources = [images / r["split"] / r["city"] / r["name"] for r in records]
-    garbage = undecodable([s for s in sources if png_size(s)], f"{split} px") if decode else set()
-    for r in tqdm(records, desc=f"{split:>9}", unit="img", mininterval=0.5, leave=False):
-        src = images / r["split"] / r["city"] / r["name"]
-        size = png_size(src)
+    headers = [png_size(src) for src in sources]
+    garbage = undecodable([s for s, h in zip(sources, headers) if h], f"{split} px") if decode else set()
+    for r, src, size in tqdm(list(zip(records, sources, headers)), desc=f"{split:>9}", unit="img", mininterval=0.5,
+                             leave=False):
         if size is None or src in garbage:
             unreadable.append(paths.rel(src))
             continue
@@ -538,7 +538,8 @@ def calibration_list(build: Path, final: Path, n: int, seed: int, root: Path, co
     names = sorted(p.name for p in folder.iterdir())
     rng = random.Random(seed)
     picked = rng.sample(names, min(n, len(names)))
-    rest = [x for x in names if x not in set(picked)]
+    drawn = set(picked)
+    rest = [x for x in names if x not in drawn]
     rng.shuffle(rest)
     good, queue = [], picked
     while queue and len(good) < n:

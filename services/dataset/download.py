@@ -213,8 +213,8 @@ def extract(zip_path: Path, prefix: str | tuple[str, ...], into: Path, hint: str
     ("leftImg8bit/train/", "leftImg8bit/val/") to leave leftImg8bit/test/ out) into `into`, which
     becomes what the prefixes share (val2017/, leftImg8bit/; a member's own path for a single file).
 
-    Atomically: into a hidden folder beside `into` first (a killed run's leftover one is removed),
-    then renamed, so a corrupt or truncated zip leaves nothing. Every member stays inside that
+    Atomically: into a hidden folder beside `into` first (files.temp_name; a killed run's is removed
+    by the next stage start), then renamed, so a corrupt or truncated zip leaves nothing. Every member stays inside that
     folder: a name that is absolute or climbs out with ".." is refused, not sanitised.
     `hint` says where a good copy comes from; `empty`, if given, replaces the sentence after the
     zip's path when it holds nothing under `prefix` (the default names the prefixes and adds `hint`).
@@ -224,9 +224,7 @@ def extract(zip_path: Path, prefix: str | tuple[str, ...], into: Path, hint: str
     where = paths.rel(zip_path, root)
     into = Path(into)
     into.parent.mkdir(parents=True, exist_ok=True)
-    for stale in into.parent.glob(f".{into.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # ours, from a run that was killed while extracting
-    partial = into.with_name(f".{into.name}.partial-{os.getpid()}")
+    partial = files.temp_name(into)  # a killed run's is removed when the next stage starts (stage_main)
     try:
         with zipfile.ZipFile(zip_path) as z:
             members = [m for m in z.infolist() if m.filename.startswith(prefixes) and not m.is_dir()]

@@ -170,14 +170,14 @@ def ram_cache(config: Path) -> None:
     from services.common import yolo_env
     defaults = yaml.safe_load((Path(__file__).resolve().parents[1] / "common" / "defaults.yaml").read_text())["train"]
     train = {**defaults, **((yaml.safe_load(config.read_text()) or {}).get("train") or {})}
-    if (train.get("extra") or {}).get("cache") not in (True, "ram"):
-        return
     name = dataset_settings(config)[0]
     images = sorted((ROOT / "datasets" / name / "yolo" / "train" / "images").glob("*.png"))
+    need = yolo_env.ram_cache_need(train, images)
+    if need is None:
+        return
     if not images:
         report("ok", "ram cache", f"train.extra.cache=ram: checked by `make fit` once datasets/{name}/yolo exists")
         return
-    need = yolo_env.ram_cache_bytes(images, int(train["imgsz"])) * yolo_env.RAM_CACHE_FACTOR
     have = yolo_env.available_memory()
     if have and need > have:
         report("warn", "ram cache", f"train.extra.cache=ram needs about {need / 1e9:.1f} GB free ({len(images)} images "

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from services.common import decode, files, manifest, paths
-from services.common.log import UserError, info, reading, table, warn
+from services.common.log import MEND_WEIGHTS, UserError, info, reading, table, warn
 
 from . import scoring
 
@@ -76,8 +76,7 @@ def fix_for(weights: Path, fmt: str) -> str:
     """What mends an unreadable model: the stage that wrote it, or, for the user's own file, another file."""
     parts = Path(paths.rel(weights)).parts
     if parts[:1] == ("artifacts",) and len(parts) == 4 and parts[2] == ("weights" if fmt == "pt" else "models"):
-        return ("`make fit` copies the weights again from the finished run (if the run's own are damaged too, "
-                "`make fit FRESH=1` trains anew)" if fmt == "pt" else "`make export FORCE=1` writes it again")
+        return MEND_WEIGHTS if fmt == "pt" else "`make export FORCE=1` writes it again"
     return f"set evaluate.weights to a readable {'YOLO .pt checkpoint' if fmt == 'pt' else '.onnx model'}"
 
 

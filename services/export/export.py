@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from services.common import files, manifest, paths
-from services.common.log import UserError, info, reading, table
+from services.common.log import MEND_WEIGHTS, UserError, info, reading, table
 from services.common import decode
 
 STAGE = "export"
@@ -32,8 +32,7 @@ def load_model(weights: Path):
     import torch
     if not weights.is_file():
         raise UserError(f"no {paths.rel(weights)} yet; run `make fit` first")
-    with reading(weights, "the trained weights", "`make fit` copies them again from the finished run "
-                 "(if the run's own are damaged too, `make fit FRESH=1` trains anew)"):
+    with reading(weights, "the trained weights", MEND_WEIGHTS):
         ckpt = torch.load(weights, map_location="cpu", weights_only=False)
         model = (ckpt.get("ema") or ckpt["model"]).float().fuse().eval()
     for m in model.modules():  # what ultralytics' exporter sets on the head: one static tensor out

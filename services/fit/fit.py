@@ -81,13 +81,11 @@ def check_ram_cache(t: dict, yolo: Path, device: str) -> None:
     """train.extra.cache=ram that will not fit is refused before any work, with the estimate:
     ultralytics would drop the cache with a warning and the epochs would quietly take longer."""
     from services.common import yolo_env
-    if (t["extra"] or {}).get("cache") not in (True, "ram"):
-        return
     images = sorted((yolo / "train" / "images").glob("*.png"))
     ranks = len(device.split(",")) if device != "cpu" else 1  # DDP: every rank caches its own copy
-    need = yolo_env.ram_cache_bytes(images, t["imgsz"]) * ranks * yolo_env.RAM_CACHE_FACTOR
+    need = yolo_env.ram_cache_need(t, images, ranks)
     have = yolo_env.available_memory()
-    if have and need > have:
+    if need is not None and have and need > have:
         raise UserError(f"train.extra.cache=ram needs about {need / 1e9:.1f} GB free ({len(images)} images at imgsz "
                         f"{t['imgsz']}, x{ranks} GPU process(es), x{yolo_env.RAM_CACHE_FACTOR:.0f} ultralytics' "
                         f"margin) but {have / 1e9:.1f} GB are available; use train.extra.cache=disk (resized "
