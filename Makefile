@@ -7,14 +7,14 @@
 # (RUNNER=local).
 #
 # Variables: EXP ARGS RUNNER GPU FORCE FRESH OFFLINE VENV DOCKER COMPOSE TB_PORT HOST_UID HOST_GID
-# TORCH_FLAVOUR LOCAL_WHEELS BASE_IMAGE EXTRA_CA (see `make help` and README.md).
+# TORCH_FLAVOUR LOCAL_WHEELS BASE_IMAGE EXTRA_CA SWEEP SOURCE FORMAT (see `make help` and README.md).
 
 PYTHON ?= python3
 RUN = $(PYTHON) -m services.run
 .DEFAULT_GOAL := help
 
 .PHONY: help demo train dataset fit export evaluate convert rknn tensorboard images image-train \
-	image-convert wheels print-images doctor setup test test-fast test-deps lock
+	image-convert wheels print-images doctor setup test test-fast test-deps lock sweep report predict
 
 help: ## targets and variables
 	@$(RUN) $@
@@ -42,6 +42,15 @@ convert: ## RKNN head ONNX -> INT8 .rknn, quantization report, simulator evaluat
 
 rknn: ## the old name of `make convert`
 	@$(RUN) convert
+
+sweep: ## every (variant, seed) trial of configs/sweeps/<SWEEP>.yaml as a whole chain, on Ray
+	@$(RUN) $@
+
+report: ## tables (md, LaTeX), figures and one html page for EXP or SWEEP -> artifacts/<name>/report/
+	@$(RUN) $@
+
+predict: ## draw detections of FORMAT=pt|onnx|rknn on SOURCE=<image|folder|video> -> artifacts/<EXP>/predict/
+	@$(RUN) $@
 
 tensorboard: ## serve runs/ on http://127.0.0.1:$(TB_PORT), during and after training
 	@$(RUN) $@

@@ -1,9 +1,11 @@
 """Shared fixtures. Stages run against scratch project roots (PIPELINE_ROOT), never the user's
 datasets/, artifacts/ or runs/."""
 import contextlib
+import dataclasses
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -86,7 +88,7 @@ def pytest_collection_modifyitems(items):
     The live container tests run last, so the demo training the other tests share gets the machine
     before ~14 GB of image builds have gone through it."""
     for item in items:
-        if "demo_run" in getattr(item, "fixturenames", ()):
+        if {"demo_run", "demo_sweep"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.path.name == "test_containers.py")
 
@@ -172,3 +174,63 @@ def demo_root(tmp_path: Path, demo_raw: Path) -> Path:
     """A project root with its own copy of the demo download (tests may damage it)."""
     shutil.copytree(demo_raw, tmp_path / "datasets" / "demo" / "raw")
     return tmp_path
+
+
+@dataclasses.dataclass
+class SweepRun:
+    root: Path
+    name: str
+    first: subprocess.CompletedProcess   # the run during which one trial's training was killed
+    second: subprocess.CompletedProcess  # the rerun
+    killed: str                          # that trial's experiment name
+    logs_after_first: dict               # trial log -> its size after the first run
+
+
+SWEEP_TRIALS = [f"demo-sweep-{v}-s{s}" for v in ("imgsz256", "imgsz192") for s in (0, 1)]
+
+
+@pytest.fixture(scope="session")
+def demo_sweep(demo_run, tmp_path_factory):
+    """`make sweep SWEEP=demo-sweep` on local Ray: 2 variants x 2 seeds, each trial the whole chain,
+    fine-tuned for 2 epochs from the demo's weights. One trial's training is killed with SIGKILL after
+    its first epoch; the sweep goes on with the others, then runs again."""
+    root = copy_dataset(demo_run[0], tmp_path_factory.mktemp("demo-sweep"))
+    args = f"ARGS=train.model={demo_run[0] / 'artifacts/demo/weights/best.pt'} train.epochs=2"
+    env = {**stage_env(root), "PIPELINE_ROOT": str(root)}
+    cmd = ["make", "--no-print-directory", f"VENV={pipeline_venv()}", "sweep", "SWEEP=demo-sweep", args]
+    out = root / "first-run.log"
+    with out.open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        killed = _kill_one_training(root, proc)
+        code = proc.wait(timeout=3600)
+    first = subprocess.CompletedProcess(cmd, code, out.read_text(), "")
+    sizes = {p.name: p.stat().st_size for p in (root / "artifacts/demo-sweep/logs").glob("*.log")}
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    return SweepRun(root, "demo-sweep", first, second, killed, sizes)
+
+
+def _kill_one_training(root: Path, proc: subprocess.Popen) -> str:
+    """SIGKILL the fit stage of the first trial that has a checkpoint of its first epoch, mid-run."""
+    deadline = time.time() + 3000
+    while proc.poll() is None and time.time() < deadline:
+        for exp in SWEEP_TRIALS:
+            run = root / "runs" / exp / "train"
+            rows = (run / "results.csv").read_text().count("\n") - 1 if (run / "results.csv").is_file() else 0
+            if (run / "weights" / "last.pt").is_file() and rows == 1:
+                for pid in _pids_with(["services.fit", "--experiment", exp]):
+                    os.kill(pid, signal.SIGKILL)
+                    return exp
+        time.sleep(0.3)
+    raise AssertionError("no trial's training reached its first checkpoint while the sweep ran")
+
+
+def _pids_with(words: list) -> list:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if all(w.encode() in argv for w in words):
+            pids.append(int(cmdline.parent.name))
+    return pids

@@ -4,8 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import engine
-from conftest import ROOT, make, needs_make_venv
+from conftest import ROOT, make, needs_make_venv, one_error
 from services.run import runner
 
 pytestmark = needs_make_venv
@@ -77,3 +79,19 @@ def test_make_dataset_offline_lists_what_to_fetch_and_touches_no_network(tmp_pat
     assert len(lines) == 5, proc.stderr
     assert sum("offline (OFFLINE=1)" in line for line in lines) == 4  # the Cityscapes line needs an account
     assert not net_log.exists(), f"network attempts: {net_log.read_text()}"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["sweep"], "runner: error: make sweep needs SWEEP=<name> (configs/sweeps/<name>.yaml); known sweeps: demo-sweep"),
+    (["sweep", "SWEEP=nope", "RUNNER=local"],
+     "sweep: error: sweep file configs/sweeps/nope.yaml not found; use configs/sweeps/<name>.yaml (SWEEP=<name>), "
+     "known: demo-sweep"),
+    (["predict", "EXP=demo"], "runner: error: make predict needs SOURCE=<image, folder or video>"),
+    (["predict", "EXP=demo", "SOURCE=x.jpg", "FORMAT=tflite"],
+     "runner: error: FORMAT=tflite is not a model format; use FORMAT=pt, FORMAT=onnx or FORMAT=rknn"),
+    (["report", "EXP=nope"], "runner: error: config file configs/nope.yaml not found"),
+])
+def test_sweep_report_and_predict_name_what_they_need(tmp_path, args, expected):
+    proc = make(*args, root=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert one_error(proc).startswith(expected), one_error(proc)

@@ -8,7 +8,7 @@ from .log import info, user_errors
 
 def stage_main(module: str, doc: str, stage: str, run, argv=None, *, force_flags=("--force",),
                force_help: str = "run again even when the outputs are up to date", subcommands=None) -> None:
-    """`python -m services.<module> --config configs/<exp>.yaml [--force] [section.key=value ...]`:
+    """`python -m services.<module> --config configs/<exp>.yaml [--experiment NAME] [--force] [section.key=value ...]`:
     validate the config before any work, then call run(cfg, force=...) with UserErrors as one line.
 
     force_flags: the spellings of --force (the training stage also takes --fresh); force_help its help.
@@ -24,11 +24,13 @@ def stage_main(module: str, doc: str, stage: str, run, argv=None, *, force_flags
     p = argparse.ArgumentParser(prog=f"python -m services.{module}", description=doc.strip().splitlines()[0],
                                 epilog=epilog)
     p.add_argument("--config", required=True, help="configs/<exp>.yaml")
+    p.add_argument("--experiment", metavar="NAME",
+                   help="the folder name under artifacts/ and runs/ (default: the config file's name)")
     p.add_argument(*force_flags, action="store_true", dest="force", help=force_help)
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     a = p.parse_args(argv)
     with user_errors(stage):
-        cfg = config.load(a.config, a.overrides)
+        cfg = config.load(a.config, a.overrides, a.experiment)
         clean_up_after_killed_runs(stage, cfg)
         run(cfg, force=a.force)
 

@@ -23,7 +23,7 @@ CHOICES = {
     "dataset.link": ["auto", "hardlink", "symlink", "copy"],
     "evaluate.format": ["all", "pt", "onnx", "onnx-rknn-head"],
     "export.simplify": ["onnxslim", "onnxsim", "none"],
-    "export.rknn_head": ["dfl", "distances", "normalized"],
+    "export.rknn_head": ["dfl", "distances", "normalized", "one2one"],
     # rknn-toolkit2 2.3.2's list of targets (rknn.api.RKNN.config)
     "convert.platform": ["rk3588", "rk3576", "rk3568", "rk3566", "rk3562", "rk2118", "rv1126b", "rv1106b",
                          "rv1106", "rv1103b", "rv1103"],
@@ -69,8 +69,10 @@ def defaults() -> dict:
     return yaml.safe_load(DEFAULTS_FILE.read_text())
 
 
-def load(config_path, overrides=()) -> dict:
-    """Defaults <- experiment YAML <- `section.key=value` overrides, validated; adds `experiment`."""
+def load(config_path, overrides=(), experiment: str | None = None) -> dict:
+    """Defaults <- experiment YAML <- `section.key=value` overrides, validated; adds `experiment`:
+    the folder name under artifacts/ and runs/, the config file's name unless given (a sweep's
+    trials share one base file and each gets its own folders)."""
     path = Path(config_path)
     if not path.is_file():
         known = sorted(p.stem for p in Path("configs").glob("*.yaml"))
@@ -99,7 +101,10 @@ def load(config_path, overrides=()) -> dict:
         cfg[section][key] = _checked(schema, section, key, value, where="override")
 
     _check_together(cfg)
-    cfg["experiment"] = path.stem
+    if experiment is not None and not NAME_RE.match(experiment):
+        raise UserError(f"experiment name {_show(experiment)} must be a plain folder name (letters, digits, "
+                        f"'_', '-', '.')")
+    cfg["experiment"] = experiment or path.stem
     return cfg
 
 
@@ -124,6 +129,7 @@ def _check_together(cfg: dict) -> None:
     if not lo <= cfg["export"]["opset"] <= hi:
         raise UserError(f"export.opset={cfg['export']['opset']}: the convert stage's rknn-toolkit2 takes opsets "
                         f"{lo}..{hi} only; use export.opset=12 (the tested one)")
+    _check_head(cfg["train"]["model"], cfg["export"]["rknn_head"])
     if c["hybrid"] != "none" and c["dtype"] == "fp16":
         raise UserError(f"convert.hybrid={c['hybrid']} keeps some layers in fp16 inside an INT8 model, but "
                         f"convert.dtype=fp16 quantizes nothing; use convert.dtype=int8 with it, or convert.hybrid=none")
@@ -131,6 +137,21 @@ def _check_together(cfg: dict) -> None:
         raise UserError(f"convert.calibration={c['calibration']} is a calibration list, but convert.dtype=fp16 "
                         f"quantizes nothing and rknn-toolkit2 would ignore it; drop convert.calibration or use "
                         f"convert.dtype=int8")
+
+
+def _check_head(model: str, layout: str) -> None:
+    """YOLO26 (by its name: yolo26n.pt, yolo26s.yaml, ...) has no DFL and an NMS-free one-to-one head:
+    only export.rknn_head=one2one applies to it, and one2one to it alone. The export stage checks the
+    trained head itself; this catches the stock names before the dataset and the training."""
+    name = Path(str(model)).name.lower()
+    yolo26 = name.startswith("yolo26")
+    if yolo26 and layout != "one2one":
+        why = "no DFL (reg_max 1)" if layout == "dfl" else "an NMS-free one-to-one head"
+        raise UserError(f"export.rknn_head={layout} does not apply to train.model={model}: YOLO26 has {why}; "
+                        f"set export.rknn_head=one2one")
+    if layout == "one2one" and re.match(r"yolov?\d", name) and not yolo26:
+        raise UserError(f"export.rknn_head=one2one needs an NMS-free one-to-one head, which train.model={model} "
+                        f"has not; use a YOLO26 model or export.rknn_head=dfl")
 
 
 def _check_imgsz(dotted: str, value) -> None:

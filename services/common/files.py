@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,21 +93,25 @@ def build_dir(final: Path, same_inputs: bool = False):
 def replace_dir(new: Path, final: Path) -> None:
     """Swap a finished folder into place over an old one: two renames, then the old one is removed.
     A kill between them leaves the old one under a temporary name, which the next start cleans up."""
-    old = final.with_name(f".{final.name}.replaced-{os.getpid()}")
+    old = final.with_name(f".{final.name}.replaced-{HOST}-{os.getpid()}")
     shutil.rmtree(old, ignore_errors=True)
     os.replace(final, old)
     os.replace(new, final)
     shutil.rmtree(old, ignore_errors=True)
 
 
-# Every temporary name carries the writer's pid: .<name>.tmp-<pid>[.suffix] (temp_name: atomic_path,
-# build_dir, the zip extractor, the convert stage's work folders) and .<name>.replaced-<pid> (replace_dir).
-TEMP_RE = re.compile(r"^\..+\.(tmp|replaced)-(\d+)(\.[^/]*)?$")
+# Every temporary name carries its writer's host and pid: .<name>.tmp-<host>-<pid>[.suffix] (temp_name:
+# atomic_path, build_dir, the zip extractor, the convert stage's work folders) and
+# .<name>.replaced-<host>-<pid> (replace_dir).
+TEMP_RE = re.compile(r"^\..+\.(tmp|replaced)-(?:([A-Za-z0-9-]+)-)?(\d+)(\.[^/]*)?$")
+# Who writes: this host and process. A project folder on shared storage is written from several
+# machines (a sweep on a cluster), where a pid means something on its own host only.
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 
 def temp_name(final: Path, suffix: str = "") -> Path:
-    """.<name>.tmp-<pid><suffix> beside `final`: hidden, and removable once its writer is gone."""
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}{suffix}")
+    """.<name>.tmp-<host>-<pid><suffix> beside `final`: hidden, and removable once its writer is gone."""
+    return final.with_name(f".{final.name}.tmp-{HOST}-{os.getpid()}{suffix}")
 
 
 def pid_alive(pid: int) -> bool:
@@ -122,7 +127,8 @@ def pid_alive(pid: int) -> bool:
 def clean_stale_temps(*folders: Path, depth: int = 2) -> list[Path]:
     """Remove the temporary files and folders that killed runs left in `folders` (and their
     subfolders, `depth` levels down): only those whose writer's pid is gone, so a run going on
-    beside this one keeps its own. Returns what was removed."""
+    beside this one keeps its own, and only this host's (another host's pids cannot be checked from
+    here). Returns what was removed."""
     removed = []
     for folder in folders:
         folder = Path(folder)
@@ -130,7 +136,8 @@ def clean_stale_temps(*folders: Path, depth: int = 2) -> list[Path]:
             continue
         for entry in list(folder.iterdir()):
             m = TEMP_RE.match(entry.name)
-            if m and int(m.group(2)) != os.getpid() and not pid_alive(int(m.group(2))):
+            mine = m and m.group(2) in (None, HOST)  # no host: a name from before hosts were recorded
+            if mine and int(m.group(3)) != os.getpid() and not pid_alive(int(m.group(3))):
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:

@@ -61,10 +61,18 @@ class Settings:
     local_wheels: bool = False
     base_image: str = ""
     extra_ca: str = ""
+    experiment: str = ""      # the folders' name when not the config's (a sweep's trials)
+    sweep: str = ""           # make sweep / make report: configs/sweeps/<sweep>.yaml
+    source: str = ""          # make predict: an image, a folder or a video
+    format: str = ""          # make predict: pt, onnx or rknn
 
     @property
     def config(self) -> str:
         return f"configs/{self.exp}.yaml"
+
+    @property
+    def name(self) -> str:
+        return self.experiment or self.exp
 
 
 def settings(env=None) -> Settings:
@@ -78,7 +86,8 @@ def settings(env=None) -> Settings:
                  tb_port=get("TB_PORT", "6006"), host_uid=get("HOST_UID", str(os.getuid())),
                  host_gid=get("HOST_GID", str(os.getgid())), torch_flavour=get("TORCH_FLAVOUR"),
                  local_wheels=flag("LOCAL_WHEELS", get("LOCAL_WHEELS")), base_image=get("BASE_IMAGE"),
-                 extra_ca=get("EXTRA_CA"))
+                 extra_ca=get("EXTRA_CA"), sweep=get("SWEEP").strip(), source=get("SOURCE"),
+                 format=get("FORMAT").strip())
     if s.runner not in ("", "docker", "local"):
         raise RunError(f"RUNNER={s.runner} is not a runner; use RUNNER=docker or RUNNER=local "
                        "(or leave it out: docker when an engine answers)")
@@ -255,6 +264,8 @@ def git_state() -> dict:
 
 def stage_command(s: Settings, stage: str) -> list:
     cmd = ["python", "-m", f"services.{stage}", "--config", s.config]
+    if s.experiment:
+        cmd += ["--experiment", s.experiment]
     if s.force or (stage == "fit" and s.fresh):
         cmd.append("--force")  # for fit, --force is --fresh
     return cmd + s.args
@@ -264,8 +275,10 @@ def compose_run(s: Settings, service: str, command: list, gpu: bool, log=None) -
     """`compose run` of one service. Against podman, `compose run --rm` reports exit 0 for a failed
     container, so run without --rm, read the exit code from the container itself, show its last
     log lines if it failed, then remove it."""
-    name = f"{s.exp}-{service}-{os.getpid()}"
+    name = f"{s.name}-{service}-{os.getpid()}"
     env = {"PIPELINE_OFFLINE": "1" if s.offline else "0", **git_state()}
+    if "CUDA_VISIBLE_DEVICES" in os.environ:  # a sweep's trial: the GPUs Ray gave it, of the ones mounted
+        env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
     cmd = s.compose + compose_files(gpu) + ["run", "--name", name]
     for k, v in env.items():
         cmd += ["-e", f"{k}={v}"]
@@ -412,11 +425,15 @@ def apt_install(packages: list) -> None:
 
 
 def test_deps(s: Settings) -> None:
-    """The TensorBoard dashboard is checked in a real headless browser (Debian's chromium); without a
+    """The TensorBoard dashboard and the report are checked in a real headless browser (Debian's
+    chromium), the report's LaTeX tables with Debian's pdflatex; without a
     Docker engine the live container test runs the real Compose file against podman (Debian's)."""
     if not shutil.which("chromium"):
-        say("test: installing Debian's chromium for the dashboard test")
+        say("test: installing Debian's chromium for the dashboard and report tests")
         apt_install(["chromium"])
+    if not shutil.which("pdflatex"):  # tables.tex must compile with a real LaTeX (booktabs)
+        say("test: installing Debian's LaTeX (texlive-latex-base, -recommended) for the report test")
+        apt_install(["texlive-latex-base", "texlive-latex-recommended"])
     if not engine_answers(s) and not shutil.which("podman"):
         say("test: no Docker engine; installing Debian's podman for the live container test")
         apt_install(["podman", "buildah", "fuse-overlayfs", "slirp4netns", "uidmap", "debootstrap", "runc"])
@@ -431,6 +448,52 @@ def target_test(s: Settings, fast: bool = False) -> int:
     tier = ["-m", "not slow and not containers"] if fast else []
     env = {**os.environ, "PIPELINE_VENV": str(s.venv)}
     return subprocess.run([str(python), "-m", "pytest", *tier, "--durations=12", "tests"], cwd=ROOT, env=env).returncode
+
+
+def target_sweep(s: Settings) -> int:
+    """Every (variant, seed) trial of configs/sweeps/<SWEEP>.yaml as a whole chain, scheduled by Ray
+    (services/sweep/). The driver runs in the train environment, which has Ray; the environments
+    every trial needs are built here first, once, not by trials racing each other."""
+    if not s.sweep:
+        raise RunError("make sweep needs SWEEP=<name> (configs/sweeps/<name>.yaml); known sweeps: "
+                       f"{', '.join(known_sweeps()) or 'none'}")
+    runner, gpu = announce(s)
+    for kind in ("train", "convert") if runner == "local" else ():
+        ensure_env(s, kind)
+    python = ensure_env(s, "train") / "bin" / "python"
+    env = {**os.environ, "RUNNER": runner, "GPU": "1" if gpu else "0"}
+    return subprocess.run([str(python), "-m", "services.sweep", f"configs/sweeps/{s.sweep}.yaml", *s.args],
+                          cwd=ROOT, env=env).returncode
+
+
+def known_sweeps() -> list:
+    return sorted(p.stem for p in (ROOT / "configs" / "sweeps").glob("*.yaml"))
+
+
+def target_report(s: Settings) -> int:
+    """artifacts/<EXP or SWEEP>/report/: tables (md, LaTeX), figures (pdf, png) and one html page."""
+    what = ["--sweep", s.sweep] if s.sweep else ["--config", s.config] + (["--experiment", s.experiment]
+                                                                          if s.experiment else [])
+    if not s.sweep:
+        check_experiment(s)
+    python = ensure_env(s, "train") / "bin" / "python"
+    return subprocess.run([str(python), "-m", "services.report", *what, *s.args], cwd=ROOT).returncode
+
+
+def target_predict(s: Settings) -> int:
+    """Detections drawn for any format into artifacts/<EXP>/predict/; rknn runs in the convert
+    environment (the toolkit's simulator), the others in the train environment."""
+    if not s.source:
+        raise RunError("make predict needs SOURCE=<image, folder or video>, e.g. SOURCE=datasets/demo/raw/images/val")
+    fmt = s.format or "pt"
+    if fmt not in ("pt", "onnx", "rknn"):
+        raise RunError(f"FORMAT={fmt} is not a model format; use FORMAT=pt, FORMAT=onnx or FORMAT=rknn")
+    check_experiment(s)
+    python = ensure_env(s, "convert" if fmt == "rknn" else "train") / "bin" / "python"
+    cmd = [str(python), "-m", "services.predict", "--config", s.config, "--source", s.source, "--format", fmt]
+    if s.experiment:
+        cmd += ["--experiment", s.experiment]
+    return subprocess.run(cmd + s.args, cwd=ROOT).returncode
 
 
 def target_help(s: Settings) -> int:
@@ -449,6 +512,8 @@ Variables:
   FORCE=1       rerun a stage even when its manifest says inputs and config are unchanged
   OFFLINE=1     never touch the network: missing downloads are listed, not fetched
   FRESH=1       fit: start training anew instead of resuming (the old run is moved aside)
+  SWEEP=<name>  make sweep / make report: configs/sweeps/<name>.yaml (RAY_ADDRESS: join a Ray cluster)
+  SOURCE=...    make predict: an image, a folder of images or a video; FORMAT=pt|onnx|rknn (default pt)
   VENV=<dir>    where the local environments live (default: .venv)
   Yes/no variables take 1/true/yes or 0/false/no.""")
     return 0
@@ -460,6 +525,9 @@ TARGETS = {
     "demo": lambda s: target_train(dataclasses.replace(s, exp="demo")),
     **{stage: (lambda s, stage=stage: target_stage(s, stage)) for stage in STAGES},
     "tensorboard": target_tensorboard,
+    "sweep": target_sweep,
+    "report": target_report,
+    "predict": target_predict,
     "images": lambda s: [build_image(s, kind) for kind in IMAGES] and 0,
     "image-train": lambda s: build_image(s, "train") or 0,
     "image-convert": lambda s: build_image(s, "convert") or 0,
