@@ -168,6 +168,10 @@ def test_values_a_later_stage_refuses_are_refused_before_any_work(demo_run, tmp_
     before = outputs(root)
     line = one_error(run_module("fit", ["--config", DEMO, "train.imgsz=100"], root))
     assert "train.imgsz=100: every side must be a multiple of 32" in line and "use 96 or 128" in line
+    line = one_error(run_module("export", ["--config", DEMO, "export.imgsz=[640,1000]"], root))
+    assert "export.imgsz=[640, 1000]: every side must be a multiple of 32" in line and "use 992 or 1024" in line
+    line = one_error(run_module("convert", ["--config", DEMO, "export.imgsz=[1024,9216]"], root))
+    assert "export.imgsz=[1024, 9216]: 9216 is above the RKNN NPU's input limit of 8192 per side" in line
     line = one_error(run_module("export", ["--config", DEMO, "export.opset=20"], root))
     assert "export.opset=20: the convert stage's rknn-toolkit2 takes opsets 7..19" in line
     line = one_error(run_module("dataset", ["--config", DEMO, "convert.hybrid=auto", "convert.dtype=fp16"], root))

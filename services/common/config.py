@@ -111,6 +111,7 @@ def load(config_path, overrides=(), experiment: str | None = None) -> dict:
 # rknn-toolkit2 2.3.2 loads ONNX models of these opsets; ONNX itself goes to 21.
 TOOLKIT_OPSETS = (7, 19)
 STRIDE = 32  # the largest stride of the YOLO heads: every input side is a multiple of it
+NPU_MAX_SIDE = 8192  # rknn-toolkit2's limit for an input side on the RK3588 NPU
 
 
 def _check_together(cfg: dict) -> None:
@@ -163,6 +164,9 @@ def _check_imgsz(dotted: str, value) -> None:
     if len(sides) not in (1, 2) or not all(isinstance(v, int) and not isinstance(v, bool) for v in sides):
         raise UserError(f"{dotted}={_show(value)} must be an int (square) or [h, w] of ints, e.g. 640 or [640, 1280]")
     for v in sides:
+        if v > NPU_MAX_SIDE:
+            raise UserError(f"{dotted}={_show(value)}: {v} is above the RKNN NPU's input limit of {NPU_MAX_SIDE} per "
+                            f"side; the whole 2048x1024 frame needs at most [1024, 2048]")
         if not 32 <= v <= 8192 or v % STRIDE:
             down, up = max(STRIDE, v // STRIDE * STRIDE), min(8192, -(-v // STRIDE) * STRIDE)
             fix = f"{down} or {up}" if down != up else str(down)
