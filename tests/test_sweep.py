@@ -112,7 +112,7 @@ def test_a_sweep_runs_every_trial_in_its_own_folders(demo_sweep):
 
 def test_a_killed_trial_fails_alone_and_the_sweep_says_so(demo_sweep):
     first, killed = demo_sweep.first, demo_sweep.killed
-    assert first.returncode == 1, first.stdout[-3000:]
+    assert first.returncode != 0 and "sweep] Error 1" in first.stdout, first.stdout[-3000:]  # the sweep's exit 1
     trial = killed.removeprefix("demo-sweep-")
     table = first.stdout[first.stdout.rindex("sweep demo-sweep:"):]
     row = next(line for line in table.splitlines() if line.split()[:1] == [trial])
@@ -128,7 +128,7 @@ def test_a_rerun_skips_finished_trials_and_resumes_the_killed_one(demo_sweep):
     trial = killed.removeprefix("demo-sweep-")
     logs = root / "artifacts/demo-sweep/logs"
     for name, size in demo_sweep.logs_after_first.items():  # the others did not run again
-        if name != f"{trial}.log":
+        if name not in (f"{trial}.log", "datasets.log"):  # the sweep checks the dataset again each run
             assert (logs / name).stat().st_size == size, name
     log = (logs / f"{trial}.log").read_text()
     assert f"resuming runs/{killed}/train after epoch 1 of 2" in log

@@ -262,3 +262,21 @@ def test_bad_weights_and_values_are_caught_before_training(demo_run, tmp_path):
     line = one_error(run_module("fit", ["--config", DEMO, "train.batch=auto"], root))
     assert "train.batch=auto" in line
     assert not (root / "runs").exists() or not any((root / "runs").rglob("*.pt"))
+
+
+def test_best_pt_is_written_before_last_pt(tmp_path):
+    """A kill between ultralytics' two checkpoint writes must never leave a last.pt whose best epoch
+    has no best.pt: the resumed run compares against that epoch and would never write one."""
+    from types import SimpleNamespace
+
+    from services.fit import fit
+    trainer = SimpleNamespace(last=tmp_path / "last.pt", best=tmp_path / "best.pt", best_fitness=0.5, fitness=0.5)
+    fit._atomic_checkpoints(trainer)
+    epoch1 = b"epoch 1, the best so far"
+    trainer.last.write_bytes(epoch1)  # ultralytics' first write; a kill could come right after it
+    assert (tmp_path / "best.pt").read_bytes() == epoch1 == (tmp_path / "last.pt").read_bytes()
+    assert trainer.best.write_bytes(epoch1) == len(epoch1)  # its second write: already done
+    trainer.fitness = 0.4  # epoch 2 is worse: best.pt stays epoch 1's
+    trainer.last.write_bytes(b"epoch 2")
+    assert (tmp_path / "best.pt").read_bytes() == epoch1 and (tmp_path / "last.pt").read_bytes() == b"epoch 2"
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]

@@ -156,13 +156,39 @@ class _AtomicCheckpoint(type(Path())):
     write leaves the previous checkpoint, never half of one (which resume could not read)."""
 
     def write_bytes(self, data) -> int:
+        if data is getattr(self, "written", None):  # best.pt, already written first (below)
+            return len(data)
+        before = getattr(self, "before", None)
+        if before:
+            before(data)
         with files.atomic_path(Path(self)) as tmp:
             tmp.write_bytes(data)
+        self.written = data
         return len(data)
 
 
 def _atomic_checkpoints(trainer) -> None:
-    trainer.last, trainer.best = _AtomicCheckpoint(trainer.last), _AtomicCheckpoint(trainer.best)
+    """Atomic checkpoints, and best.pt before last.pt: ultralytics writes last.pt first, so a kill
+    between the two left a last.pt whose best epoch had no best.pt, and the resumed run (which
+    compares against that epoch) never wrote one."""
+    last, best = _AtomicCheckpoint(trainer.last), _AtomicCheckpoint(trainer.best)
+    last.before = lambda data: best.write_bytes(data) if trainer.best_fitness == trainer.fitness else None
+    trainer.last, trainer.best = last, best
+
+
+def mend_best(run_dir: Path) -> bool:
+    """A run killed (before the fix above) between last.pt and best.pt: when last.pt's epoch is its
+    own best, best.pt is that checkpoint. True when it was mended."""
+    import torch
+    last, best = run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt"
+    if best.is_file() or not last.is_file():
+        return False
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    if ckpt.get("best_fitness") is None or ckpt.get("best_fitness") != (ckpt.get("train_metrics") or {}).get("fitness"):
+        return False
+    with files.atomic_path(best) as tmp:
+        shutil.copyfile(last, tmp)
+    return True
 
 
 def trim_results(csv_path: Path, epochs_done: int) -> None:
@@ -218,6 +244,9 @@ def run(cfg: dict, root: Path = paths.ROOT, fresh: bool = False, callbacks=()) -
                     f"the run aside to {paths.rel(files.move_aside(run_dir), root)} and training anew")
     elif state and last.is_file():
         resume = True
+        if mend_best(run_dir):
+            info(STAGE, f"{paths.rel(last, root)}'s epoch was its best but had no best.pt (a kill between the two "
+                        f"writes); copied it to best.pt")
     elif run_dir.exists():  # a run that died before its first checkpoint: keep it, but out of the way
         info(STAGE, f"moved an incomplete run without a checkpoint aside to "
                     f"{paths.rel(files.move_aside(run_dir), root)}")
@@ -326,6 +355,9 @@ def _finish(cfg, trainer, args, run_dir, art, state, data_sum, started, t0, root
     import ultralytics
 
     weights = art / "weights"
+    if not (run_dir / "weights" / "best.pt").is_file():  # a finished run must have a best epoch to ship
+        raise UserError(f"{paths.rel(run_dir, root)} finished without a best.pt (its best epoch's checkpoint was "
+                        f"lost); `make fit FRESH=1` trains anew (the run is moved aside)")
     copy_weights(run_dir, weights)
     rows = list(csv.DictReader((run_dir / "results.csv").open())) if (run_dir / "results.csv").is_file() else []
     rows = [{k.strip(): float(v) for k, v in r.items()} for r in rows]

@@ -484,7 +484,7 @@ def target_predict(s: Settings) -> int:
     """Detections drawn for any format into artifacts/<EXP>/predict/; rknn runs in the convert
     environment (the toolkit's simulator), the others in the train environment."""
     if not s.source:
-        raise RunError("make predict needs SOURCE=<image, folder or video>, e.g. SOURCE=datasets/demo/raw/images/val")
+        raise RunError("make predict needs SOURCE=<image, folder or video>, e.g. SOURCE=datasets/demo/yolo/val/images")
     fmt = s.format or "pt"
     if fmt not in ("pt", "onnx", "rknn"):
         raise RunError(f"FORMAT={fmt} is not a model format; use FORMAT=pt, FORMAT=onnx or FORMAT=rknn")
