@@ -31,12 +31,18 @@ def written_by_us(board: Path) -> bool:
     return all(name in listed and files.sha256_file(p) == listed[name] for name, p in present.items())
 
 
-def write_bundle(cfg: dict, model: Path, size, layout: str, toolkit_version: str, root: Path) -> Path:
+def write_bundle(cfg: dict, model: Path, size, layout: str, toolkit_version: str, root: Path,
+                 onnx: Path | None = None) -> Path:
+    """onnx: the float RKNN-head ONNX the .rknn was built from (default: beside it, <exp>.rknn-head.onnx);
+    detect.py runs it with `--backend onnx`, the same pipeline on a PC's CPU."""
     e, exp = cfg["evaluate"], cfg["experiment"]
     out = paths.artifacts_dir(exp, root) / "board"
+    onnx = onnx or model.parent / f"{exp}.rknn-head.onnx"
     ours = out.is_dir() and written_by_us(out)
     with files.build_dir(out, same_inputs=ours) as build:
         shutil.copyfile(model, build.path / model.name)
+        if onnx.is_file():
+            shutil.copyfile(onnx, build.path / onnx.name)
         (build.path / "labels.txt").write_text("person\n")
         shutil.copyfile(HERE / "board_detect.py", build.path / "detect.py")
         # the very letterbox/decode/NMS the simulator evaluation used
@@ -44,12 +50,14 @@ def write_bundle(cfg: dict, model: Path, size, layout: str, toolkit_version: str
         bundle = {"experiment": exp, "model": model.name, "imgsz_hw": list(size), "toolkit_version": toolkit_version,
                   "platform": cfg["convert"]["platform"], "dtype": cfg["convert"]["dtype"], "iou": e["iou"],
                   "max_det": e["max_det"], "category_ids": [1], "labels": ["person"],
+                  "onnx": onnx.name if onnx.is_file() else None,
                   "layout": layout, "layout_means": decode.LAYOUTS[layout],
                   "layouts_measured": LAYOUT_MEASUREMENTS,
                   "input": f"(1, {size[0]}, {size[1]}, 3) uint8 RGB, letterboxed (grey 114); normalised inside",
                   "git": manifest.git_state(), "built": manifest.now()}
         (build.path / "README.md").write_text(README.format(exp=exp, model=model.name, h=size[0], w=size[1],
-                                                            tk=toolkit_version, platform=cfg["convert"]["platform"]))
+                                                            tk=toolkit_version, platform=cfg["convert"]["platform"],
+                                                            onnx=onnx.name))
         bundle["files"] = {p.name: files.sha256_file(p) for p in sorted(build.path.iterdir())}
         (build.path / "bundle.json").write_text(json.dumps(bundle, indent=2) + "\n")
     if build.moved_aside:
@@ -70,16 +78,28 @@ Built with rknn-toolkit2 {tk}; input {h}x{w} (letterboxed), INT8 unless the file
 #   librknnrt.so  -> /usr/lib/librknnrt.so   (rknn-toolkit2 repository, rknpu2/runtime/Linux/librknn_api/aarch64/)
 pip3 install rknn-toolkit-lite2=={tk} opencv-python-headless numpy
 # copy this folder to the board, then:
-python3 detect.py street.jpg --out results/          # draws boxes, prints NPU latency per image
+python3 detect.py street.jpg --out results/          # draws boxes, prints the latency of each stage
 python3 detect.py images/ --out results/             # a folder
-python3 detect.py video.mp4 --out frames/            # a video, frame by frame
+python3 detect.py video.mp4 --out frames/            # a video, frames in order
+python3 detect.py video.mp4 --cores 0 --quiet        # one context on NPU core 0: the latency of one core
 python3 detect.py val/images/ --conf 0.001 --json board_results.json --gt val_gt.json
 ```
 
+`--cores all` (the default) loads three contexts, one bound to each NPU core, and runs them on
+consecutive frames; reading, pre-processing (letterbox) and post-processing (decode, NMS) run in
+threads of their own, and results come out in frame order. At the end detect.py prints each
+stage's latency and the throughput (mean, p50, p95) and writes them to board_report.json (`--report`),
+with the cores, the model, the frame count and the board's platform, for the report on the PC.
+
 The last command writes COCO results for the CityPersons val images (copy `val/images/` and
 `val_gt.json` from datasets/citypersons/yolo/). Score them on a PC with the project's evaluator to
-compare the board with the simulator. `detect.py` warns when the board's runtime is older than {tk}.
+compare the board with the simulator. `detect.py` warns when the board's runtime is older than {tk},
+and refuses a bundle built for another chip (it reads /proc/device-tree/compatible; `--platform`
+says it where that file does not).
 
-Files: {model} (the model), labels.txt, detect.py, yolo_core.py (letterbox, decode, NMS), bundle.json
-(input size, outputs, toolkit version, commit).
+On a PC, the same script runs the same pipeline on the CPU with the float ONNX model the .rknn was
+built from: `python3 detect.py images/ --backend onnx` (onnxruntime, one CPU thread per context).
+
+Files: {model} (the model), {onnx} (the float model it was built from), labels.txt, detect.py,
+yolo_core.py (letterbox, decode, NMS), bundle.json (input size, outputs, toolkit version, commit).
 """
