@@ -106,7 +106,8 @@ def replace_dir(new: Path, final: Path) -> None:
 TEMP_RE = re.compile(r"^\..+\.(tmp|replaced)-(?:([A-Za-z0-9-]+)-)?(\d+)(\.[^/]*)?$")
 # Who writes: this host and process. A project folder on shared storage is written from several
 # machines (a sweep on a cluster), where a pid means something on its own host only.
-HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+# In a container PIPELINE_HOST is the machine's own name (the runner passes it), not the container's.
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", os.environ.get("PIPELINE_HOST") or socket.gethostname()) or "host"
 
 
 def temp_name(final: Path, suffix: str = "") -> Path:

@@ -10,6 +10,7 @@ import hashlib
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -276,7 +277,7 @@ def compose_run(s: Settings, service: str, command: list, gpu: bool, log=None) -
     container, so run without --rm, read the exit code from the container itself, show its last
     log lines if it failed, then remove it."""
     name = f"{s.name}-{service}-{os.getpid()}"
-    env = {"PIPELINE_OFFLINE": "1" if s.offline else "0", **git_state()}
+    env = {"PIPELINE_OFFLINE": "1" if s.offline else "0", "PIPELINE_HOST": socket.gethostname(), **git_state()}
     if "CUDA_VISIBLE_DEVICES" in os.environ:  # a sweep's trial: the GPUs Ray gave it, of the ones mounted
         env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
     cmd = s.compose + compose_files(gpu) + ["run", "--name", name]
