@@ -88,3 +88,11 @@ def test_cli_rejects_a_bad_value_before_any_work(tmp_path):
     assert len(lines) == 1 and "dataset.link=ftp" in lines[0] and "hardlink" in lines[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "datasets").exists(), "nothing may be generated before the config is valid"
+
+
+def test_an_experiment_name_names_the_folders_and_must_be_plain():
+    cfg = config.load(ROOT / "configs" / "demo.yaml", ["train.seed=1"], "demo-sweep-a-s1")
+    assert cfg["experiment"] == "demo-sweep-a-s1" and cfg["dataset"]["name"] == "demo"
+    assert config.load(ROOT / "configs" / "demo.yaml")["experiment"] == "demo"
+    with pytest.raises(UserError, match=r"experiment name 'a/b' must be a plain folder name"):
+        config.load(ROOT / "configs" / "demo.yaml", [], "a/b")

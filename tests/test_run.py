@@ -32,6 +32,9 @@ def test_settings_read_make_variables_from_the_environment():
     assert s.args == ["train.epochs=2", "dataset.name=a b"] and s.venv == Path("/x/venvs")
     assert runner.stage_command(s, "fit")[-3:] == ["--force", "train.epochs=2", "dataset.name=a b"]
     assert "--force" not in runner.stage_command(runner.settings({"FRESH": "0"}), "fit")
+    trial = Settings(exp="demo", experiment="demo-sweep-a-s0", args=["train.seed=0"])  # a sweep's trial
+    assert runner.stage_command(trial, "export") == ["python", "-m", "services.export", "--config", "configs/demo.yaml",
+                                                    "--experiment", "demo-sweep-a-s0", "train.seed=0"]
     with pytest.raises(RunError, match="RUNNER=podman is not a runner; use RUNNER=docker or RUNNER=local"):
         runner.settings({"RUNNER": "podman"})
 
