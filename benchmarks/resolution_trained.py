@@ -74,8 +74,9 @@ def main() -> int:
         overrides = data + training + [f"train.imgsz={size}", f"export.imgsz={deployed}", f"evaluate.imgsz={deployed}"]
         label = f"trained at {size}, deployed at {deployed}"
         rows.append((label, fid.fidelity(fid.run_setting(root.resolve(), "proxy", overrides, f"train{size}"))))
-    fid.print_fidelity(rows, f"proxy, {a.train_images} train / 100 val frames of 2048x1024, fine-tuned {a.epochs} "
-                             f"epochs on the CPU from the demo's weights: float = the RKNN-head ONNX, INT8 = the simulator")
+    fid.print_fidelity(rows, f"proxy, {a.train_images} train / 100 val frames of 2048x1024, fine-tuned "
+                             f"{a.epochs} epochs on the CPU from the demo's weights: float = the RKNN-head ONNX, "
+                             f"INT8 = the simulator")
     return 0
 
 

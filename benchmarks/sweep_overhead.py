@@ -67,7 +67,7 @@ def main() -> int:
 
     ratio = swept / sum(one_by_one)
     ok = ratio <= BAR
-    print(f"\n| what | seconds |\n|---|---|")
+    print("\n| what | seconds |\n|---|---|")
     for seed, s in enumerate(one_by_one):
         print(f"| make train, train.seed={seed} | {s:.1f} |")
     print(f"| one by one, sum | {sum(one_by_one):.1f} |\n| sweep (local Ray, one trial at a time) | {swept:.1f} |")

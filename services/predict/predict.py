@@ -220,8 +220,8 @@ def predict_video(backend, video: Path, size, settings: dict, out: Path, latency
                     writer = cv2.VideoWriter(str(out / name), cv2.VideoWriter_fourcc(*"mp4v"), fps,
                                              (shape[1], shape[0]))
                     if not writer.isOpened():
-                        raise UserError(f"OpenCV cannot write an .mp4 (mp4v) here; its build lacks the codec, "
-                                        f"give a folder of images instead")
+                        raise UserError("OpenCV cannot write an .mp4 (mp4v) here; its build lacks the codec, "
+                                        "give a folder of images instead")
                 t0 = time.perf_counter()
                 boxes, scores = detect(backend, frame, size, **settings)
                 latency.append((time.perf_counter() - t0) * 1000)

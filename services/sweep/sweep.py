@@ -56,7 +56,8 @@ _UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _map
 
 
 def load(path, extra=()) -> dict:
-    """The sweep file (plus `extra` overrides for every trial: Make's ARGS), checked, with every trial's configuration loaded and validated: a wrong key or
+    """The sweep file (plus `extra` overrides for every trial: Make's ARGS), checked, with every
+    trial's configuration loaded and validated: a wrong key or
     value in any trial stops the sweep before the first trial starts."""
     path = Path(path)
     if not path.is_file():
@@ -83,7 +84,8 @@ def load(path, extra=()) -> dict:
     seeds = sweep.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds:
         raise UserError(f"{where}: seeds must be a non-empty list of ints, e.g. seeds: [0, 1, 2]")
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds) or len(set(seeds)) < len(seeds):
+    plain = all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    if not plain or len(set(seeds)) < len(seeds):
         raise UserError(f"{where}: seeds={seeds} must be distinct ints >= 0, e.g. seeds: [0, 1, 2]")
     variants = sweep.get("variants") or {"base": []}
     if not isinstance(variants, dict):
@@ -244,16 +246,17 @@ def prepare_datasets(sweep: dict, root: Path, out: Path) -> None:
         if name in done:
             continue
         done.add(name)
-        info(STAGE, f"dataset '{name}' for every trial that uses it (log: {paths.rel(out / 'logs' / 'datasets.log', root)})")
+        log_path = out / "logs" / "datasets.log"
+        info(STAGE, f"dataset '{name}' for every trial that uses it (log: {paths.rel(log_path, root)})")
         s = runner.settings(os.environ)
         s.exp, s.experiment, s.args = sweep["base"], t["experiment"], t["overrides"]
-        (out / "logs").mkdir(parents=True, exist_ok=True)
-        with open(out / "logs" / "datasets.log", "a") as log:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a") as log:
             code = runner.run_stage(s, "dataset", s.runner or "local", s.gpu == "1", log)
         if code:
-            tail = runner.last_lines((out / "logs" / "datasets.log").read_text(errors="replace"))
+            tail = runner.last_lines(log_path.read_text(errors="replace"))
             raise UserError(f"the dataset stage failed for '{name}' (exit {code}), so no trial started; its last "
-                            f"line: {tail[-1] if tail else '?'} (whole log: {paths.rel(out / 'logs' / 'datasets.log', root)})")
+                            f"line: {tail[-1] if tail else '?'} (whole log: {paths.rel(log_path, root)})")
 
 
 def run(path, extra=(), root: Path = paths.ROOT) -> int:
@@ -310,7 +313,8 @@ def _run_on_ray(ray, sweep: dict, todo: list, out: Path, root: Path, tqdm) -> No
     def show():  # redrawn when a count changes, not every poll: logs of long sweeps stay readable
         running = sum(1 for t in pending.values() if (marks / f"{t['trial']}.json").is_file())
         failed = sum(1 for t in todo if t["status"] == "failed")
-        state = f"done {bar.n - failed}, running {running}, failed {failed}, queued {len(queue) + len(pending) - running}"
+        queued = len(queue) + len(pending) - running
+        state = f"done {bar.n - failed}, running {running}, failed {failed}, queued {queued}"
         if state != shown[0]:
             shown[0] = state
             bar.set_postfix_str(state, refresh=True)
