@@ -7,7 +7,8 @@ Pre-processing is ultralytics' LetterBox (keep the aspect ratio, pad with grey 1
 centred), BGR -> RGB, /255, NCHW float32. Post-processing takes the raw outputs of any head layout
 (LAYOUTS: the standard ultralytics head and the RKNN heads), keeps the anchors whose score is above
 `conf`, decodes only their boxes, runs class-aware greedy NMS (OpenCV's, compiled) and scales the
-boxes back to original pixels.
+boxes back to original pixels. The one-to-one head of NMS-free models (YOLO26) is selected by its
+scores alone, as ultralytics does: the best `max_det` (anchor, class) scores above `conf`, no NMS.
 """
 import cv2
 import numpy as np
@@ -111,8 +112,14 @@ LAYOUTS = {
     "distances": "per stride s: box_s<s> (1, 4, h/s, w/s) left, top, right, bottom distances in stride units "
                  "(0..15) and score_s<s> (1, classes, h/s, w/s) sigmoid scores; decode on the CPU",
     "normalized": "boxes (1, 4, anchors) cx, cy, w, h divided by (w, h, w, h); scores (1, classes, anchors)",
+    "one2one": "per stride s: box_s<s> (1, 4, h/s * w/s) left, top, right, bottom distances in stride units and "
+               "score_s<s> (1, classes, h/s * w/s) sigmoid scores of the one-to-one (NMS-free, YOLO26) branch; "
+               "the CPU keeps the best max_det scores above conf (no NMS) and decodes only their boxes",
     "standard": "output0 (1, 4 + classes, anchors): cx, cy, w, h in input pixels, then class scores",
+    "end2end": "output0 (1, max_det, 6): x1, y1, x2, y2 in input pixels, score, class; the one-to-one head's "
+               "top-k already inside the model (ultralytics' NMS-free export of YOLO26, with ONNX TopK)",
 }
+STRIDES = (8, 16, 32)
 REG_MAX = 16
 
 
@@ -120,11 +127,17 @@ def layout_of(shapes: list, size: tuple[int, int]) -> str:
     """Which layout a model's output shapes (with batch 1) have, for an input of `size` (h, w)."""
     shapes = [tuple(int(d) for d in s) for s in shapes]
     if len(shapes) == 1 and len(shapes[0]) == 3:
-        return "standard"
+        # a standard head's last axis is its anchor count, at least 21 (a 32x32 input)
+        return "end2end" if shapes[0][2] == 6 else "standard"
     if len(shapes) == 2 and all(len(s) == 3 for s in shapes) and shapes[0][1] == 4:
         return "normalized"
+    if len(shapes) == 6 and all(len(s) == 3 for s in shapes):
+        cells = [(size[0] // s) * (size[1] // s) for s in STRIDES]
+        boxes, scores = shapes[0::2], shapes[1::2]
+        if [s[2] for s in boxes] == cells == [s[2] for s in scores] and {s[1] for s in boxes} == {4}:
+            return "one2one"
     if len(shapes) == 6 and all(len(s) == 4 for s in shapes):
-        grids = [(size[0] // s, size[1] // s) for s in (8, 16, 32)]
+        grids = [(size[0] // s, size[1] // s) for s in STRIDES]
         if [s[2:] for s in shapes[0::2]] == grids and [s[2:] for s in shapes[1::2]] == grids:
             channels = {s[1] for s in shapes[0::2]}
             if channels == {4 * REG_MAX}:
@@ -164,10 +177,10 @@ def candidates(outputs: list, layout: str, size: tuple[int, int], conf: float):
         cxcywh = (box_part[:, keep] * scale).T
         boxes = np.concatenate([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], 1)
         return boxes.astype(np.float32), scores, cls
-    if layout not in ("dfl", "distances"):
+    if layout not in ("dfl", "distances"):  # one2one and end2end select by score alone: see postprocess
         raise ValueError(f"unknown output layout {layout!r}; known: {', '.join(LAYOUTS)}")
     all_boxes, all_scores, all_cls = [], [], []
-    for level, stride in enumerate((8, 16, 32)):
+    for level, stride in enumerate(STRIDES):
         box, score = np.asarray(outputs[2 * level])[0], np.asarray(outputs[2 * level + 1])[0]
         nc, gh, gw = score.shape
         keep, best, cls = _above(score.reshape(nc, gh * gw), conf)
@@ -187,10 +200,50 @@ def candidates(outputs: list, layout: str, size: tuple[int, int], conf: float):
 def postprocess(outputs: list, layout: str, size: tuple[int, int], conf: float, iou: float, max_det: int,
                 nms_fn=nms):
     """One image's raw outputs in any layout -> xyxy boxes (input pixels), scores, class ids, at most
-    `max_det`, best first: threshold, decode what is left, class-aware NMS. Every backend and the
+    `max_det`, best first: threshold, decode what is left, class-aware NMS (or, for the NMS-free
+    layouts one2one and end2end, the best scores alone; `iou` is then unused). Every backend and the
     board script go through here."""
+    if layout == "one2one":
+        return one2one(outputs, size, conf, max_det)
+    if layout == "end2end":
+        out = np.asarray(outputs[0])[0]
+        out = out[out[:, 4] > conf]
+        out = out[np.argsort(-out[:, 4], kind="stable")][:max_det]  # the model's top-k is sorted already
+        return out[:, :4].astype(np.float32), out[:, 4].astype(np.float32), out[:, 5].astype(np.int64)
     boxes, scores, cls = candidates(outputs, layout, size, conf)
     return select(boxes, scores, cls, iou, max_det, nms_fn)
+
+
+def top_scores(scores: np.ndarray, conf: float, k: int) -> np.ndarray:
+    """Indices of the best `k` values of the flat array `scores` above `conf`, best first; equal
+    scores in index order (INT8 scores tie often: the order must not depend on the sort's mood)."""
+    idx = np.flatnonzero(scores > conf)
+    if len(idx) > k:
+        # the k-th best value; everything at least as good goes to the exact stable sort below
+        kth = np.partition(scores[idx], len(idx) - k)[len(idx) - k]
+        idx = idx[scores[idx] >= kth]
+    return idx[np.argsort(-scores[idx], kind="stable")][:k]
+
+
+def one2one(outputs: list, size: tuple[int, int], conf: float, max_det: int):
+    """The one2one layout: the one-to-one head gives each object one anchor, so selection is
+    ultralytics' top-k (Detect.get_topk_index): the best `max_det` (anchor, class) scores above `conf`,
+    without NMS. Boxes are decoded for those alone (distances in stride units around the cell centre)."""
+    h, w = size
+    scores = np.concatenate([np.asarray(o)[0] for o in outputs[1::2]], 1)  # (classes, anchors)
+    nc = scores.shape[0]
+    # anchor-major order (anchor, then class), as ultralytics flattens its (anchors, classes) scores
+    pick = top_scores(scores[0] if nc == 1 else scores.T.reshape(-1), conf, max_det)
+    anchor, cls = divmod(pick, nc)
+    grids = [(h // s, w // s) for s in STRIDES]
+    start = np.cumsum([0] + [gh * gw for gh, gw in grids])
+    level = np.searchsorted(start, anchor, side="right") - 1
+    local, width = anchor - start[level], np.array([gw for _, gw in grids])[level]
+    ax, ay = (local % width).astype(np.float32) + 0.5, (local // width).astype(np.float32) + 0.5
+    ltrb = np.concatenate([np.asarray(o)[0] for o in outputs[0::2]], 1)[:, anchor].astype(np.float32)
+    stride = np.array(STRIDES, np.float32)[level]
+    boxes = np.stack([ax - ltrb[0], ay - ltrb[1], ax + ltrb[2], ay + ltrb[3]], 1) * stride[:, None]
+    return boxes, scores[cls, anchor].astype(np.float32), cls.astype(np.int64)
 
 
 def scale_boxes(boxes: np.ndarray, meta) -> np.ndarray:

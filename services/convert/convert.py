@@ -55,6 +55,9 @@ def check_onnx(path: Path, root: Path) -> tuple[tuple[int, int], str]:
     if layout == "standard":
         raise UserError(f"{paths.rel(path, root)} has the standard head (one output of boxes and scores), which "
                         f"INT8 turns into all-zero scores; export the RKNN head (`make export FORCE=1`)")
+    if layout == "end2end":
+        raise UserError(f"{paths.rel(path, root)} has ultralytics' end2end output (top-k inside, ONNX TopK, which "
+                        f"rknn-toolkit2 does not run); export the RKNN head with export.rknn_head=one2one")
     return size, layout
 
 
@@ -94,10 +97,16 @@ def build_hybrid(rknn, listing: Path, work: Path, keep: str) -> list[str]:
         tensors = re.findall(r"^    (\S+):$", text, re.M)
         layers = [int(m) for m in re.findall(r"^/model/model\.(\d+)/", "\n".join(tensors), re.M)]
         detect = f"/model/model.{max(layers, default=-1)}/"  # the Detect head is the last layer
-        branches = ("cv3.",) if keep == "scores" else ("cv2.", "cv3.")
+        # one2one_cv3 and one2one_cv2: the one-to-one branches of an NMS-free (YOLO26) head
+        branches = ("cv3.", "one2one_cv3.") + (() if keep == "scores" else ("cv2.", "one2one_cv2."))
         outputs = r"score_s\d+(_int8)?" if keep == "scores" else r"(score|box)_s\d+(_int8)?"
-        kept = [t for t in tensors if any(t.startswith(detect + b) for b in branches) or re.fullmatch(outputs, t)]
-        if not any(detect + "cv3." in t for t in kept) or "custom_quantize_layers: {}\n" not in text:
+        # and the Detect head's own sigmoids: the one2one layout flattens the scores after them, so
+        # there they are not the outputs themselves
+        sigmoids = re.escape(detect) + r"Sigmoid(_\d+)?_output_0"
+        kept = [t for t in tensors if any(t.startswith(detect + b) for b in branches) or re.fullmatch(outputs, t)
+                or re.fullmatch(sigmoids, t)]
+        found = any(t.startswith((detect + "cv3.", detect + "one2one_cv3.")) for t in kept)
+        if not found or "custom_quantize_layers: {}\n" not in text:
             raise UserError("rknn-toolkit2's hybrid configuration does not have the expected form (no Detect "
                             "head branches found); use convert.hybrid=none or auto")
         cfg.write_text(text.replace("custom_quantize_layers: {}\n", "custom_quantize_layers:\n"
@@ -182,7 +191,7 @@ class RknnSimBackend:
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         image = np.rint(x[0].transpose(1, 2, 0) * 255).astype(np.uint8)[None]
         outputs = self.rknn.inference(inputs=[image], data_format="nhwc")
-        scores = outputs[1::2] if self.layout in ("dfl", "distances") else outputs[1:2]
+        scores = outputs[1::2] if self.layout in ("dfl", "distances", "one2one") else outputs[1:2]
         self.max_score = max([self.max_score] + [float(np.max(s)) for s in scores])
         return outputs
 

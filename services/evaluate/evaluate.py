@@ -33,15 +33,19 @@ class TorchBackend:
     like every other format (ultralytics' own predictor would post-process differently).
 
     A backend maps a (n, 3, h, w) batch to its raw outputs, a list of arrays with batch n, in the
-    output layout (decode.LAYOUTS) its `layout` names."""
+    output layout (decode.LAYOUTS) its `layout` names. A model with a one-to-one head (YOLO26) runs
+    through it, NMS-free, as its ONNX models do (layout end2end: the head's own top-k)."""
 
     name, batch_ok, layout = "pt", True, "standard"
 
-    def __init__(self, weights: Path):
+    def __init__(self, weights: Path, max_det: int = 300):
         import torch
         with reading(weights, "a YOLO PyTorch checkpoint", fix_for(weights, "pt")):
             ckpt = torch.load(weights, map_location="cpu", weights_only=False)
             model = (ckpt.get("ema") or ckpt["model"]).float()
+            detect = model.model[-1] if hasattr(model, "model") else None
+        if getattr(detect, "one2one_cv2", None) is not None:  # before fuse(), which drops the other branch
+            model.end2end, detect.max_det, self.layout = True, max_det, "end2end"
         self.model = model.fuse().eval() if hasattr(model, "fuse") else model.eval()
         self.torch = torch
         self.device = manifest.cpu_name()
@@ -80,7 +84,7 @@ def fix_for(weights: Path, fmt: str) -> str:
     return f"set evaluate.weights to a readable {'YOLO .pt checkpoint' if fmt == 'pt' else '.onnx model'}"
 
 
-def backend_for(fmt: str, weights: Path):
+def backend_for(fmt: str, weights: Path, max_det: int = 300):
     if not weights.is_file():
         hint = "run `make fit`" if fmt == "pt" else "run `make export`"
         raise UserError(f"no {fmt} model at {paths.rel(weights)}; {hint} first, or set evaluate.weights=PATH")
@@ -88,7 +92,7 @@ def backend_for(fmt: str, weights: Path):
     if weights.suffix != suffix:
         raise UserError(f"evaluate.format={fmt} but {paths.rel(weights)} is not a {suffix} file; "
                         f"set evaluate.format to match the weights")
-    backend = TorchBackend(weights) if fmt == "pt" else OnnxBackend(weights)
+    backend = TorchBackend(weights, max_det) if fmt == "pt" else OnnxBackend(weights)
     backend.name = fmt
     return backend
 
@@ -196,7 +200,7 @@ def evaluate_one(cfg: dict, fmt: str, weights: Path, root: Path, force: bool = F
         info(STAGE, f"{paths.rel(out_dir / (fmt + '.json'), root)} is up to date (same model, sets and "
                     f"settings); FORCE=1 evaluates again")
         return old
-    backend = backend or backend_for(fmt, weights)
+    backend = backend or backend_for(fmt, weights, e["max_det"])
     started, t0 = manifest.now(), time.perf_counter()
     result = {**manifest.provenance(STAGE, cfg, ["numpy", "onnxruntime", "torch", "pycocotools",
                                                    "faster-coco-eval", "opencv-python"]),
@@ -245,7 +249,7 @@ def evaluate_one(cfg: dict, fmt: str, weights: Path, root: Path, force: bool = F
                                       "p95": round(float(np.percentile(lat, 95)), 2),
                                       "includes": "read, letterbox, inference, decode, NMS", "device": backend.device}
     if fmt == "pt" and "val" in sets:
-        result["ultralytics_val"] = ultralytics_val(cfg, weights, size, root)
+        result["ultralytics_val"] = ultralytics_val(cfg, weights, size, root, end2end=backend.layout == "end2end")
     result.update(started=started, finished=manifest.now(), wall_s=round(time.perf_counter() - t0, 2))
     files.atomic_write_json(out_dir / f"{fmt}.json", result)
     for name, s in result["sets"].items():
@@ -255,9 +259,10 @@ def evaluate_one(cfg: dict, fmt: str, weights: Path, root: Path, force: bool = F
     return result
 
 
-def ultralytics_val(cfg, weights: Path, size, root: Path) -> dict:
+def ultralytics_val(cfg, weights: Path, size, root: Path, end2end: bool = False) -> dict:
     """ultralytics' own mAP on the same split, reported beside the pycocotools one so users see that
-    they differ (its own matching and interpolation, rect batches, its own NMS settings)."""
+    they differ (its own matching and interpolation, rect batches, its own NMS settings). An NMS-free
+    model is validated through its one-to-one head (nms=False), the head the evaluation reads."""
     from services.common import yolo_env
     yolo_env.prepare(root)
     from ultralytics import YOLO
@@ -268,10 +273,12 @@ def ultralytics_val(cfg, weights: Path, size, root: Path) -> dict:
     try:
         r = YOLO(str(weights)).val(data=str(data), split="test", imgsz=max(size), batch=cfg["evaluate"]["batch"],
                                    device="cpu", plots=False, verbose=False, save_json=False,
-                                   project=str(scratch), name="val", exist_ok=True)
+                                   project=str(scratch), name="val", exist_ok=True,
+                                   **({"nms": False} if end2end else {}))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {"mAP50": float(r.box.map50), "mAP50-95": float(r.box.map), "split": "test (the official val)",
+            "head": "one-to-one (nms=False)" if end2end else "standard, with NMS",
             "note": "ultralytics' internal metric, not pycocotools: for comparison only"}
 
 

@@ -3,11 +3,16 @@ onnxslim as ultralytics does):
 
 artifacts/<exp>/models/<exp>.onnx            the standard ultralytics head, for ONNX users:
     input  images (1, 3, h, w) float32 RGB in [0, 1]
-    output output0 (1, 4 + classes, anchors): cx, cy, w, h in input pixels, then class scores
+    output output0 (1, 4 + classes, anchors): cx, cy, w, h in input pixels, then class scores;
+           for NMS-free models (YOLO26) ultralytics' end2end output instead, (1, max_det, 6): x1, y1,
+           x2, y2, score, class of the one-to-one head's top-k (what `yolo export nms=False` writes)
 artifacts/<exp>/models/<exp>.rknn-head.onnx  the quantization-friendly head for RKNN INT8, in the
     layout export.rknn_head names (services/common/decode.py LAYOUTS). The default, dfl, is
     Rockchip's rknn_model_zoo layout: per stride 8, 16, 32, box_s<s> (1, 64, h/s, w/s) DFL logits
     and score_s<s> (1, classes, h/s, w/s) sigmoid scores; the CPU does softmax and decode in float.
+    YOLO26 has no DFL and an NMS-free one-to-one head whose top-k (ONNX TopK) rknn-toolkit2 does not
+    run: its layout, one2one, cuts the graph before the top-k and keeps that branch's per-stride box
+    distances and sigmoid scores; the CPU does the top-k (services/common/decode.py `one2one`).
   Every INT8 tensor has one scale. Boxes (0..imgsz) and scores (0..1) in one tensor round every
   score to 0 (the "INT8 model detects nothing" failure); boxes normalised to the whole input round
   each coordinate to 1/255 of it (8 px in a 2048-px frame). Per-stride outputs with small ranges
@@ -28,17 +33,45 @@ from services.common import decode
 STAGE = "export"
 
 
-def load_model(weights: Path):
+def load_model(weights: Path, max_det: int = 300):
     import torch
     if not weights.is_file():
         raise UserError(f"no {paths.rel(weights)} yet; run `make fit` first")
     with reading(weights, "the trained weights", MEND_WEIGHTS):
         ckpt = torch.load(weights, map_location="cpu", weights_only=False)
-        model = (ckpt.get("ema") or ckpt["model"]).float().fuse().eval()
+        model = select_head((ckpt.get("ema") or ckpt["model"]).float(), max_det).fuse().eval()
     for m in model.modules():  # what ultralytics' exporter sets on the head: one static tensor out
         if m.__class__.__name__ in ("Detect", "Segment", "Pose", "OBB"):
             m.export, m.format, m.dynamic = True, "onnx", False
     return model
+
+
+def select_head(model, max_det: int):
+    """A model with a one-to-one head (YOLO26) is run through it: NMS-free, as it was trained to be
+    deployed (ultralytics' `nms=False`). Set before fuse(), which drops the branch not selected."""
+    detect = model.model[-1]
+    if getattr(detect, "one2one_cv2", None) is not None:
+        model.end2end = True
+        detect.max_det = max_det
+    return model
+
+
+def check_head(model, layout: str, weights: Path) -> None:
+    """export.rknn_head must fit the trained head: a DFL layout needs DFL bins, one2one a one-to-one
+    head, and a one-to-one model is deployed through that head only. One line, before any export."""
+    detect = model.model[-1]
+    end2end, bins = getattr(detect, "end2end", False), getattr(detect, "reg_max", 16)
+    name = paths.rel(weights)
+    if end2end and layout != "one2one":
+        why = f"has no DFL (reg_max {bins})" if layout == "dfl" and bins == 1 else "has an NMS-free one-to-one head"
+        raise UserError(f"export.rknn_head={layout} does not apply to {name}: it {why} (YOLO26); "
+                        f"set export.rknn_head=one2one")
+    if end2end and bins != 1:
+        raise UserError(f"export.rknn_head=one2one takes a DFL-free one-to-one head (YOLO26); {name} has "
+                        f"{bins} DFL bins per side; export it with ultralytics (`yolo export`) instead")
+    if not end2end and layout == "one2one":
+        raise UserError(f"export.rknn_head=one2one needs a one-to-one (NMS-free) head, which {name} has not "
+                        f"(YOLO11 and older); set export.rknn_head=dfl")
 
 
 class RknnHead:
@@ -48,6 +81,8 @@ class RknnHead:
     dfl        per stride: the box branch's DFL logits and the sigmoid class scores (Rockchip's
                rknn_model_zoo layout); softmax, expectation and decode run on the CPU in float
     distances  per stride: the DFL expectation (box side distances in stride units, 0..15) and scores
+    one2one    per stride, flattened to (1, channels, cells): the one-to-one branch's box distances
+               (it has no DFL) and sigmoid scores; the graph ends before ultralytics' top-k
     normalized cx, cy, w, h divided by the input size, and scores (the first RKNN head; its INT8 boxes
                are rounded to 1/255 of the input, kept only to be measured against)
     """
@@ -61,6 +96,10 @@ class RknnHead:
         def per_stride(x):
             outs = []
             for i in range(detect.nl):
+                if layout == "one2one":  # reg_max 1: the box branch gives the distances themselves
+                    box, score = detect.one2one_cv2[i](x[i]), detect.one2one_cv3[i](x[i]).sigmoid()
+                    outs += [box.flatten(2), score.flatten(2)]
+                    continue
                 box, score = detect.cv2[i](x[i]), detect.cv3[i](x[i]).sigmoid()
                 if layout == "distances":
                     b, _, gh, gw = box.shape
@@ -74,12 +113,12 @@ class RknnHead:
                 self.model = model
                 h, w = size
                 self.register_buffer("norm", torch.tensor([w, h, w, h], dtype=torch.float32).view(1, 4, 1))
-                if layout in ("dfl", "distances"):
+                if layout in ("dfl", "distances", "one2one"):
                     detect.forward = per_stride  # the instance attribute wins over Detect.forward
 
             def forward(self, x):
                 y = self.model(x)
-                if layout in ("dfl", "distances"):
+                if layout in ("dfl", "distances", "one2one"):
                     return y
                 y = y[0] if isinstance(y, (list, tuple)) else y
                 return y[:, :4] / self.norm, y[:, 4:]
@@ -131,10 +170,17 @@ def parity(modules: dict, size, onnx_files: dict, images: list[Path], e: dict) -
             for k, module in modules.items():
                 y = module(torch.from_numpy(x))
                 refs[k] = [t.numpy() for t in (y if isinstance(y, (list, tuple)) else [y])]
-        ref_top = decode.postprocess(refs["onnx"][:1], "standard", size, 0.25, e["iou"], 10)
+        ref_layout = decode.layout_of([a.shape for a in refs["onnx"][:1]], size)  # standard or end2end
+        ref_top = decode.postprocess(refs["onnx"][:1], ref_layout, size, 0.25, e["iou"], 10)
         for k, s in sessions.items():
             y = s.run(None, {"images": x})
-            diff = max(float(np.abs(a - b).max()) for a, b in zip(y, refs[k]))
+            if k == "onnx" and ref_layout == "end2end":
+                # top-k rows: near-equal scores may come in another order; compare each row with its
+                # closest counterpart
+                a, b = y[0][0], refs[k][0][0]
+                diff = float(np.abs(a[:, None] - b[None]).max(-1).min(1).max())
+            else:
+                diff = max(float(np.abs(a - b).max()) for a, b in zip(y, refs[k]))
             out[k]["max_abs_diff"] = max(out[k]["max_abs_diff"], diff)
             top = decode.postprocess(y, decode.layout_of([a.shape for a in y], size), size, 0.25, e["iou"], 10)
             agree = len(top[0]) == len(ref_top[0]) and all(
@@ -163,11 +209,14 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
     targets = {"onnx": models / f"{exp}.onnx", "onnx-rknn-head": models / f"{exp}.rknn-head.onnx"}
     fingerprint = {"export": x, "imgsz_hw": list(size),
                    "weights_sha256": files.sha256_file(weights) if weights.is_file() else None}
+    if x["rknn_head"] == "one2one":  # the end2end ONNX holds evaluate.max_det rows
+        fingerprint["max_det"] = e["max_det"]
     old = files.read_json(models / "manifest.json")
     if old and old.get("fingerprint") == fingerprint and all(p.is_file() for p in targets.values()) and not force:
         info(STAGE, f"{paths.rel(models, root)} is up to date (same best.pt and export settings); FORCE=1 exports again")
         return old
-    model = load_model(weights)
+    model = load_model(weights, e["max_det"])
+    check_head(model, x["rknn_head"], weights)
     started, t0 = manifest.now(), time.perf_counter()
     models.mkdir(parents=True, exist_ok=True)
     modules = {"onnx": model, "onnx-rknn-head": RknnHead(model, size, x["rknn_head"])}
@@ -177,14 +226,14 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
         t = time.perf_counter()
         export_onnx(modules[name], size, x["opset"], target, names[name], x["simplify"])
         timings[name] = round(time.perf_counter() - t, 2)
+    layouts = {"onnx": "end2end" if model.end2end else "standard", "onnx-rknn-head": x["rknn_head"]}
     val_images = sorted((paths.yolo_dir(cfg["dataset"]["name"], root) / "val" / "images").glob("*.png"))[:8]
     checks = parity(modules, size, targets, val_images, e) if val_images else {}
     result = {**manifest.provenance(STAGE, cfg, ["torch", "onnx", "onnxslim", "onnxruntime", "ultralytics"]),
               "fingerprint": fingerprint, "weights": paths.rel(weights, root), "imgsz_hw": list(size),
               "opset": x["opset"], "simplifier": x["simplify"],
               "models": {k: {"file": paths.rel(p, root), "bytes": p.stat().st_size, "outputs": names[k],
-                             "layout": "standard" if k == "onnx" else x["rknn_head"],
-                             "layout_means": decode.LAYOUTS["standard" if k == "onnx" else x["rknn_head"]]}
+                             "layout": layouts[k], "layout_means": decode.LAYOUTS[layouts[k]]}
                          for k, p in targets.items()},
               "parity_vs_pt": checks, "seconds": timings, "started": started, "finished": manifest.now(),
               "wall_s": round(time.perf_counter() - t0, 2)}
