@@ -273,6 +273,30 @@ def fingerprint(cfg: dict, onnx_path: Path, images: list[Path], root: Path) -> d
             "toolkit_version": metadata.version("rknn-toolkit2")}
 
 
+def calibration_listing(images: list, size: tuple[int, int], art: Path) -> Path:
+    """The calibration images letterboxed to the model's input (cached by size) and the list the
+    toolkit reads."""
+    cache = art / "rknn" / f"calib-{size[0]}x{size[1]}"
+    calib = letterboxed_copies(images, size, cache)
+    listing = cache.parent / f"calib-{size[0]}x{size[1]}.txt"
+    files.atomic_write_text(listing, "".join(f"{p.resolve()}\n" for p in calib))
+    return listing
+
+
+def build_model(rknn, c: dict, onnx_path: Path, listing: Path, art: Path) -> list:
+    """config, load_onnx and build (or the hybrid build) with the convert settings `c`: the one build
+    sequence, for this stage and for `make predict FORMAT=rknn` (the simulator runs only a model
+    built in its own process). Returns the layers kept in fp16."""
+    toolkit_call("config", rknn.config, mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]],
+                 target_platform=c["platform"], quantized_algorithm=c["algorithm"], quantized_dtype="w8a8")
+    toolkit_call("load_onnx", rknn.load_onnx, model=str(onnx_path))
+    if c["hybrid"] in ("scores", "head"):
+        return build_hybrid(rknn, listing, art / "rknn", c["hybrid"])
+    toolkit_call("build", rknn.build, do_quantization=c["dtype"] == "int8", dataset=str(listing),
+                 auto_hybrid=c["hybrid"] == "auto")
+    return []
+
+
 def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
     global TOOLKIT_LOG
     c, exp = cfg["convert"], cfg["experiment"]
@@ -299,25 +323,14 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
                 f"{paths.rel(TOOLKIT_LOG, root)}")
 
     t = time.perf_counter()
-    cache = art / "rknn" / f"calib-{size[0]}x{size[1]}"
-    calib = letterboxed_copies(images, size, cache)
-    listing = cache.parent / f"calib-{size[0]}x{size[1]}.txt"
-    files.atomic_write_text(listing, "".join(f"{p.resolve()}\n" for p in calib))
+    listing = calibration_listing(images, size, art)
     seconds["calibration_prep"] = round(time.perf_counter() - t, 2)
 
     with toolkit_output():
         rknn = RKNN(verbose=False)
     try:
         t = time.perf_counter()
-        toolkit_call("config", rknn.config, mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]],
-                     target_platform=c["platform"], quantized_algorithm=c["algorithm"], quantized_dtype="w8a8")
-        toolkit_call("load_onnx", rknn.load_onnx, model=str(onnx_path))
-        kept_fp16 = []
-        if c["hybrid"] in ("scores", "head"):
-            kept_fp16 = build_hybrid(rknn, listing, art / "rknn", c["hybrid"])
-        else:
-            toolkit_call("build", rknn.build, do_quantization=c["dtype"] == "int8", dataset=str(listing),
-                         auto_hybrid=c["hybrid"] == "auto")
+        kept_fp16 = build_model(rknn, c, onnx_path, listing, art)
         seconds["build"] = round(time.perf_counter() - t, 2)
         with files.atomic_path(target) as tmp:
             toolkit_call("export_rknn", rknn.export_rknn, str(tmp))
@@ -347,7 +360,7 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
     from importlib import metadata
     result = {**manifest.provenance(STAGE, cfg, ["rknn-toolkit2", "onnx", "onnxruntime", "numpy", "torch"]),
               "onnx": paths.rel(onnx_path, root), "rknn": paths.rel(target, root), "rknn_bytes": target.stat().st_size,
-              "imgsz_hw": list(size), "layout": layout, "calibration_images": len(calib), "seconds": seconds,
+              "imgsz_hw": list(size), "layout": layout, "calibration_images": len(images), "seconds": seconds,
               "settings": {k: c[k] for k in ("platform", "dtype", "algorithm", "hybrid")},
               "kept_in_fp16": kept_fp16,
               "toolkit_version": metadata.version("rknn-toolkit2"), "fingerprint": fp,

@@ -122,22 +122,11 @@ class RknnModel:
     def build(self):
         """The convert stage's build (convert.run), then the simulator: returns the evaluator's backend."""
         from rknn.api import RKNN
-        convert, c, size = self.convert, self.cfg["convert"], self.size
-        cache = self.art / "rknn" / f"calib-{size[0]}x{size[1]}"
-        calib = convert.letterboxed_copies(self.images, size, cache)
-        listing = cache.parent / f"calib-{size[0]}x{size[1]}.txt"
-        files.atomic_write_text(listing, "".join(f"{p.resolve()}\n" for p in calib))
+        convert, size = self.convert, self.size
+        listing = convert.calibration_listing(self.images, size, self.art)
         with convert.toolkit_output():
             self.rknn = RKNN(verbose=False)
-        convert.toolkit_call("config", self.rknn.config, mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]],
-                             target_platform=c["platform"], quantized_algorithm=c["algorithm"],
-                             quantized_dtype="w8a8")
-        convert.toolkit_call("load_onnx", self.rknn.load_onnx, model=str(self.onnx))
-        if c["hybrid"] in ("scores", "head"):
-            convert.build_hybrid(self.rknn, listing, self.art / "rknn", c["hybrid"])
-        else:
-            convert.toolkit_call("build", self.rknn.build, do_quantization=c["dtype"] == "int8",
-                                 dataset=str(listing), auto_hybrid=c["hybrid"] == "auto")
+        convert.build_model(self.rknn, self.cfg["convert"], self.onnx, listing, self.art)
         convert.toolkit_call("init_runtime (simulator)", self.rknn.init_runtime)
         with convert.toolkit_output():  # its first inference prints the session's preparation
             self.rknn.inference(inputs=[np.zeros((1, *size, 3), np.uint8)], data_format="nhwc")
