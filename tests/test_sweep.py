@@ -76,6 +76,7 @@ def ray_cluster_with_two_gpus(tmp_path):
     subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=180)
 
 
+@pytest.mark.slow  # a Ray cluster of its own: about a minute
 def test_two_trials_on_two_gpus_get_one_each(tmp_path, demo_raw, ray_cluster_with_two_gpus):
     """Two trials that each want one GPU run side by side on a 2-GPU cluster, each seeing only its own.
     (The stages run here need no GPU: only the dataset, which the second trial finds up to date.)"""
