@@ -181,8 +181,7 @@ def start_ray(address: str | None):
     import ray
     env = {"PYTHONPATH": os.pathsep.join([str(runner.ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     kw = dict(runtime_env={"env_vars": env}, log_to_driver=False, configure_logging=False)
-    if address:
-        check_address(address)
+    if address:  # run() checked that it answers
         try:
             ray.init(address=address, **kw)
         except (ConnectionError, RuntimeError) as e:
@@ -208,14 +207,13 @@ def run_trial(trial: dict, stages: list, env: dict, log: str, mark: str) -> dict
     overrides = list(trial["overrides"])
     if gpus:
         overrides.append(f"train.device={','.join(str(i) for i in range(len(gpus)))}")
-    s = runner.settings(env)
-    s.exp, s.experiment, s.args = trial["base"], trial["experiment"], overrides
+    s = trial_settings(env, trial["base"], trial["experiment"], overrides)
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     files.atomic_write_json(Path(mark), {"host": socket.gethostname(), "pid": os.getpid(), "gpus": gpus})
     with open(log, "a") as f:
         f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {trial['experiment']} on {socket.gethostname()}, "
                 f"GPUs {gpus or 'none'} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')})\n")
-    started, t0 = time.time(), time.perf_counter()
+    t0 = time.perf_counter()
     try:
         code, stage = runner.run_chain(s, stages, s.runner or "local", s.gpu == "1", log_path=log)
     except runner.RunError as e:
@@ -226,11 +224,18 @@ def run_trial(trial: dict, stages: list, env: dict, log: str, mark: str) -> dict
         Path(mark).unlink(missing_ok=True)
     tail = runner.last_lines(Path(log).read_text(errors="replace")) if code else []
     return {"status": "done" if code == 0 else "failed", "stage": stage, "exit": code,
-            "seconds": round(time.perf_counter() - t0, 1), "started": started, "ended": time.time(),
-            "gpus": gpus, "host": socket.gethostname(), "tail": tail}
+            "seconds": round(time.perf_counter() - t0, 1), "gpus": gpus, "host": socket.gethostname(), "tail": tail}
 
 
 # ------------------------------------------------------------------------------------------ driver
+def trial_settings(env, base: str, experiment: str, overrides: list) -> "runner.Settings":
+    """The runner's settings (Make's variables in `env`) for one trial: the base config, the trial's
+    folders and overrides."""
+    s = runner.settings(env)
+    s.exp, s.experiment, s.args = base, experiment, overrides
+    return s
+
+
 def passed_on_env() -> dict:
     return {k: v for k, v in os.environ.items() if k in PASSED_ON or k.startswith(("PIPELINE_", "YOLO_"))}
 
@@ -248,8 +253,7 @@ def prepare_datasets(sweep: dict, root: Path, out: Path) -> None:
         done.add(name)
         log_path = out / "logs" / "datasets.log"
         info(STAGE, f"dataset '{name}' for every trial that uses it (log: {paths.rel(log_path, root)})")
-        s = runner.settings(os.environ)
-        s.exp, s.experiment, s.args = sweep["base"], t["experiment"], t["overrides"]
+        s = trial_settings(os.environ, sweep["base"], t["experiment"], t["overrides"])
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a") as log:
             code = runner.run_stage(s, "dataset", s.runner or "local", s.gpu == "1", log)
