@@ -75,14 +75,20 @@ def main(argv=None) -> int:
     p.add_argument("--caches", default="none,disk")
     p.add_argument("--amps", default="1,0")
     p.add_argument("--workers", type=int, default=8)
-    p.add_argument("--cpu", action="store_true", help="smoke test on the CPU: demo, 1 epoch, small, a one-cell grid")
+    p.add_argument("--model", help="train.model for every run (default: the experiment's); yolo11n.yaml "
+                                   "trains from scratch where no weights can be fetched")
+    p.add_argument("--annotations", default=str(SHARED),
+                   help="proxy: the folder holding anno_train.mat and anno_val.mat")
+    p.add_argument("--train-images", type=int, default=300, help="proxy: train frames drawn")
+    p.add_argument("--record", help="also write the table as JSON here (the sweep's PLAN reads such records)")
+    p.add_argument("--cpu", action="store_true", help="smoke test on the CPU: 2 short epochs, small, a one-cell grid")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one grid cell, JSON in, JSON out
     a = p.parse_args(argv)
     if a.one:
         print("RESULT " + json.dumps(one_run(json.loads(a.one))), flush=True)
         return 0
     if a.cpu:
-        a.exp, a.epochs, a.imgsz, a.batches, a.caches, a.amps, a.workers = "demo", 2, 128, "8", "none", "0", 0
+        a.epochs, a.imgsz, a.batches, a.caches, a.amps, a.workers = 2, 128, "8", "none", "0", 0
     device = "cpu" if a.cpu else "0"
     if not a.cpu:
         import torch
@@ -95,9 +101,14 @@ def main(argv=None) -> int:
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
     env["PIPELINE_ROOT"] = str(root)
     data_args = ([] if a.exp == "demo" else
-                 [f"dataset.proxy_annotations={SHARED}", "dataset.proxy_train_images=300"])
-    subprocess.run([sys.executable, "-m", "services.dataset", "--config", f"configs/{a.exp}.yaml", *data_args],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
+                 [f"dataset.proxy_annotations={Path(a.annotations).resolve()}", f"dataset.proxy_train_images={a.train_images}"])
+    if a.model:
+        data_args.append(f"train.model={a.model}")
+    built = subprocess.run([sys.executable, "-m", "services.dataset", "--config", f"configs/{a.exp}.yaml",
+                            *data_args], cwd=ROOT, env=env, capture_output=True, text=True)
+    if built.returncode:
+        print(f"gpu_train: error: the dataset stage failed: {built.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return 1
     cfg = config.load(ROOT / "configs" / f"{a.exp}.yaml", data_args)
     t = cfg["train"]
     yolo_dir = root / "datasets" / cfg["dataset"]["name"] / "yolo"
@@ -107,6 +118,22 @@ def main(argv=None) -> int:
               "warmup_epochs": 0, "seed": t["seed"], "deterministic": t["deterministic"], "device": device,
               "fraction": fraction, "patience": 10**9, "val": True}
     rows = []
+    where = "CPU (smoke test)" if a.cpu else torch_device_name()
+
+    def record(ratio=None):
+        """The table so far as JSON (and one line on stdout): a run cut short still leaves what it measured."""
+        print("row:", rows[-1], flush=True)
+        if not a.record:
+            return
+        import platform
+        from services.common.files import atomic_write_json
+        atomic_write_json(Path(a.record), {
+            "device": where, "exp": a.exp, "imgsz": a.imgsz, "workers": a.workers, "model": t["model"],
+            "train_images": round(n_train * fraction), "host_cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "columns": ["run", "batch", "amp", "cache", "images/s", "peak GPU GB", "dataloader wait", "stage/bare"],
+            "rows": [[str(c) for c in r] for r in rows], "stage_over_bare": ratio, "bar": BAR,
+            "seconds": round(time.perf_counter() - t_start)})
 
     # the stage against bare `yolo train`, with identical arguments
     batch, amp, cache = int(a.batches.split(",")[0]), bool(int(a.amps.split(",")[0])), a.caches.split(",")[0]
@@ -127,8 +154,9 @@ def main(argv=None) -> int:
     bare_args = {**common, "batch": batch, "amp": amp, "workers": a.workers, "cache": extra["cache"],
                  "data": str(yolo_dir / f"{cfg['dataset']['name']}.yaml"), "project": str(root / "bare"),
                  "name": "train", "exist_ok": True}
-    yolo = str(Path(sys.executable).parent / "yolo")
-    bare = subprocess.run([yolo, "train", f"model={t['model']}", *(f"{k}={v}" for k, v in bare_args.items())],
+    # ultralytics' own `yolo` entry point, run by this interpreter (where pip put the script varies)
+    yolo = [sys.executable, "-c", "from ultralytics.cfg import entrypoint; entrypoint()"]
+    bare = subprocess.run([*yolo, "train", f"model={t['model']}", *(f"{k}={v}" for k, v in bare_args.items())],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     if bare.returncode:
         print(f"gpu_train: error: bare yolo train failed: {bare.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
@@ -136,6 +164,7 @@ def main(argv=None) -> int:
     bare_ips = images_per_s(root / "bare" / "train" / "results.csv", per_epoch)
     ratio = stage_ips / bare_ips
     rows.append(["stage vs bare", batch, amp, cache, f"{stage_ips:.1f} / {bare_ips:.1f}", "", "", f"{ratio:.3f}"])
+    record(ratio)
 
     # the grid, bare ultralytics, timed inside the loop
     for b in [int(x) for x in a.batches.split(",")]:
@@ -152,16 +181,17 @@ def main(argv=None) -> int:
                 out = next((line for line in run.stdout.splitlines() if line.startswith("RESULT ")), None)
                 if run.returncode or out is None:
                     rows.append(["grid", b, amp_, c, "failed", "", "", run.stderr.strip().splitlines()[-1:]])
+                    record(ratio)
                     continue
                 r = json.loads(out[7:])
                 rows.append(["grid", b, amp_, c, f"{r['images_per_s']:.1f}",
                              "n/a" if r["peak_gb"] is None else f"{r['peak_gb']:.2f}",
                              f"{100 * r['wait_share']:.0f} %", ""])
+                record(ratio)
 
     from services.common.log import table
     import shutil
     shutil.rmtree(root, ignore_errors=True)
-    where = "CPU (smoke test)" if a.cpu else torch_device_name()
     print(table(["run", "batch", "amp", "cache", "images/s", "peak GPU GB", "dataloader wait", "stage/bare"], rows,
                 title=f"\n{a.exp}, imgsz {a.imgsz}, {a.workers} workers, {where}; "
                       f"{time.perf_counter() - t_start:.0f} s in all"))
