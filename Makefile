@@ -6,15 +6,15 @@
 # in its Compose service (RUNNER=docker) or in a local environment built from the same lock files
 # (RUNNER=local).
 #
-# Variables: EXP ARGS RUNNER GPU FORCE FRESH OFFLINE VENV DOCKER COMPOSE TB_PORT HOST_UID HOST_GID
-# TORCH_FLAVOUR LOCAL_WHEELS BASE_IMAGE EXTRA_CA SWEEP SOURCE FORMAT (see `make help` and README.md).
+# Variables: EXP ARGS RUNNER GPU FORCE FRESH OFFLINE VENV DOCKER COMPOSE TB_PORT DOCS_PORT DOCS_SERVE HOST_UID
+# HOST_GID TORCH_FLAVOUR LOCAL_WHEELS BASE_IMAGE EXTRA_CA SWEEP SOURCE FORMAT (see `make help` and docs/).
 
 PYTHON ?= python3
 RUN = $(PYTHON) -m services.run
 .DEFAULT_GOAL := help
 
 .PHONY: help demo train dataset fit export evaluate convert rknn tensorboard images image-train \
-	image-convert wheels print-images doctor setup test test-fast test-deps lock sweep report predict
+	image-convert wheels print-images doctor setup test test-fast test-deps lock sweep report predict docs
 
 help: ## targets and variables
 	@$(RUN) $@
@@ -53,6 +53,9 @@ predict: ## draw detections of FORMAT=pt|onnx|rknn on SOURCE=<image|folder|video
 	@$(RUN) $@
 
 tensorboard: ## serve runs/ on http://127.0.0.1:$(TB_PORT), during and after training
+	@$(RUN) $@
+
+docs: ## build docs/ into artifacts/docs/site/ and serve it on 127.0.0.1:DOCS_PORT (8000); DOCS_SERVE=0 only builds
 	@$(RUN) $@
 
 images: ## build both images from the lock files (TORCH_FLAVOUR, LOCAL_WHEELS, EXTRA_CA, BASE_IMAGE)

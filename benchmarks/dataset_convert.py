@@ -48,8 +48,8 @@ def main() -> int:
             t0 = time.perf_counter()
             # CityPersons only: the experiment's COCO person set is another dataset, not benchmarked here
             proc = subprocess.run([sys.executable, "-m", "services.dataset", "--config",
-                                   "configs/citypersons.yaml", "--force", "evaluate.sets=[val]"], cwd=ROOT, capture_output=True,
-                                  text=True, env={**os.environ, "PIPELINE_ROOT": str(root)})
+                                   "configs/citypersons.yaml", "--force", "evaluate.sets=[val]"], cwd=ROOT,
+                                  capture_output=True, text=True, env={**os.environ, "PIPELINE_ROOT": str(root)})
             times.append(time.perf_counter() - t0)
             if proc.returncode:
                 print(proc.stdout + proc.stderr)

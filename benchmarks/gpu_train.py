@@ -100,8 +100,8 @@ def main(argv=None) -> int:
     root = Path(tempfile.mkdtemp(prefix="gpu-train-"))
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
     env["PIPELINE_ROOT"] = str(root)
-    data_args = ([] if a.exp == "demo" else
-                 [f"dataset.proxy_annotations={Path(a.annotations).resolve()}", f"dataset.proxy_train_images={a.train_images}"])
+    data_args = ([] if a.exp == "demo" else [f"dataset.proxy_annotations={Path(a.annotations).resolve()}",
+                                             f"dataset.proxy_train_images={a.train_images}"])
     if a.model:
         data_args.append(f"train.model={a.model}")
     built = subprocess.run([sys.executable, "-m", "services.dataset", "--config", f"configs/{a.exp}.yaml",

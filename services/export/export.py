@@ -26,33 +26,20 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common import files, manifest, paths
-from services.common.log import MEND_WEIGHTS, UserError, info, reading, table
-from services.common import decode
+from services.common import backends, decode, files, manifest, paths, uptodate
+from services.common.layout import Experiment
+from services.common.log import MEND_WEIGHTS, UserError, table
 
 STAGE = "export"
 
 
 def load_model(weights: Path, max_det: int = 300):
-    import torch
     if not weights.is_file():
         raise UserError(f"no {paths.rel(weights)} yet; run `make fit` first")
-    with reading(weights, "the trained weights", MEND_WEIGHTS):
-        ckpt = torch.load(weights, map_location="cpu", weights_only=False)
-        model = select_head((ckpt.get("ema") or ckpt["model"]).float(), max_det).fuse().eval()
+    model, _ = backends.load_checkpoint(weights, max_det, "the trained weights", MEND_WEIGHTS)
     for m in model.modules():  # what ultralytics' exporter sets on the head: one static tensor out
         if m.__class__.__name__ in ("Detect", "Segment", "Pose", "OBB"):
             m.export, m.format, m.dynamic = True, "onnx", False
-    return model
-
-
-def select_head(model, max_det: int):
-    """A model with a one-to-one head (YOLO26) is run through it: NMS-free, as it was trained to be
-    deployed (ultralytics' `nms=False`). Set before fuse(), which drops the branch not selected."""
-    detect = model.model[-1]
-    if getattr(detect, "one2one_cv2", None) is not None:
-        model.end2end = True
-        detect.max_det = max_det
     return model
 
 
@@ -129,7 +116,7 @@ class RknnHead:
 def output_names(layout: str) -> list[str]:
     if layout == "normalized":
         return ["boxes", "scores"]
-    return [f"{kind}_s{s}" for s in (8, 16, 32) for kind in ("box", "score")]
+    return [f"{kind}_s{s}" for s in decode.STRIDES for kind in ("box", "score")]
 
 
 def export_onnx(module, size, opset: int, out: Path, output_names, simplifier: str) -> None:
@@ -198,27 +185,24 @@ def _iou(a, b) -> float:
 
 
 def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
-    e, x = cfg["evaluate"], cfg["export"]
-    exp = cfg["experiment"]
-    art = paths.artifacts_dir(exp, root)
-    weights = art / "weights" / "best.pt"
+    e, x, exp = cfg["evaluate"], cfg["export"], Experiment.of(cfg, root)
     size = decode.input_size(x["imgsz"] or cfg["train"]["imgsz"])
     if size[0] % 32 or size[1] % 32:
         raise UserError(f"export.imgsz={list(size)}: height and width must be multiples of 32 (the stride)")
-    models = art / "models"
-    targets = {"onnx": models / f"{exp}.onnx", "onnx-rknn-head": models / f"{exp}.rknn-head.onnx"}
+    targets = {"onnx": exp.onnx, "onnx-rknn-head": exp.rknn_head_onnx}
     fingerprint = {"export": x, "imgsz_hw": list(size),
-                   "weights_sha256": files.sha256_file(weights) if weights.is_file() else None}
+                   "weights_sha256": files.sha256_file(exp.best) if exp.best.is_file() else None}
     if x["rknn_head"] == "one2one":  # the end2end ONNX holds evaluate.max_det rows
         fingerprint["max_det"] = e["max_det"]
-    old = files.read_json(models / "manifest.json")
-    if old and old.get("fingerprint") == fingerprint and all(p.is_file() for p in targets.values()) and not force:
-        info(STAGE, f"{paths.rel(models, root)} is up to date (same best.pt and export settings); FORCE=1 exports again")
+    old = uptodate.check(STAGE, exp.export_manifest, fingerprint, root, force,
+                         f"{paths.rel(exp.models, root)} is up to date (same best.pt and export settings); "
+                         f"FORCE=1 exports again")
+    if old:
         return old
-    model = load_model(weights, e["max_det"])
-    check_head(model, x["rknn_head"], weights)
+    model = load_model(exp.best, e["max_det"])
+    check_head(model, x["rknn_head"], exp.best)
     started, t0 = manifest.now(), time.perf_counter()
-    models.mkdir(parents=True, exist_ok=True)
+    exp.models.mkdir(parents=True, exist_ok=True)
     modules = {"onnx": model, "onnx-rknn-head": RknnHead(model, size, x["rknn_head"])}
     names = {"onnx": ["output0"], "onnx-rknn-head": output_names(x["rknn_head"])}
     timings = {}
@@ -230,20 +214,19 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
     val_images = sorted((paths.yolo_dir(cfg["dataset"]["name"], root) / "val" / "images").glob("*.png"))[:8]
     checks = parity(modules, size, targets, val_images, e) if val_images else {}
     result = {**manifest.provenance(STAGE, cfg, ["torch", "onnx", "onnxslim", "onnxruntime", "ultralytics"]),
-              "fingerprint": fingerprint, "weights": paths.rel(weights, root), "imgsz_hw": list(size),
+              "fingerprint": fingerprint, "weights": paths.rel(exp.best, root), "imgsz_hw": list(size),
               "opset": x["opset"], "simplifier": x["simplify"],
               "models": {k: {"file": paths.rel(p, root), "bytes": p.stat().st_size, "outputs": names[k],
                              "layout": layouts[k], "layout_means": decode.LAYOUTS[layouts[k]]}
                          for k, p in targets.items()},
               "parity_vs_pt": checks, "seconds": timings, "started": started, "finished": manifest.now(),
-              "wall_s": round(time.perf_counter() - t0, 2)}
-    files.atomic_write_json(models / "manifest.json", result)
-    files.atomic_write_json(art / "metrics" / "export.json", {"parity_vs_pt": checks, "imgsz_hw": list(size),
-                                                              "opset": x["opset"]})
+              "wall_s": round(time.perf_counter() - t0, 2), "outputs": uptodate.record(list(targets.values()), root)}
+    files.atomic_write_json(exp.export_parity, {"parity_vs_pt": checks, "imgsz_hw": list(size), "opset": x["opset"]})
+    files.atomic_write_json(exp.export_manifest, result)  # last: it is what says the stage is done
     print(table(["model", "MB", "max |pt - onnx|", "top detections agree", "export s"],
                 [[paths.rel(targets[k], root), f"{targets[k].stat().st_size / 1e6:.1f}",
                   f"{checks.get(k, {}).get('max_abs_diff', float('nan')):.2e}",
                   checks.get(k, {}).get("top_detections_agree", "n/a"), timings[k]] for k in targets],
                 title=f"\nexport (opset {x['opset']}, {size[0]}x{size[1]}, {x['simplify']})"))
-    shutil.rmtree(models / "__pycache__", ignore_errors=True)
+    shutil.rmtree(exp.models / "__pycache__", ignore_errors=True)
     return result

@@ -24,11 +24,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from services.common import decode, files, manifest, paths
+from services.common import backends, decode, files, manifest, paths
+from services.common.layout import Experiment
 from services.common.log import UserError, info, table
 
 STAGE = "predict"
-FORMATS = ("pt", "onnx", "rknn")
+FORMATS = backends.FORMATS
 DISPLAY_CONF = 0.25  # for looking at; AP needs evaluate.conf (0.001), which would draw hundreds of boxes
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 LABEL = "person"  # the one class (evaluate.CATEGORY_IDS)
@@ -73,12 +74,11 @@ def find_source(source: str, root: Path) -> tuple[str, Path, list[Path]]:
 # ---------------------------------------------------------------------------------------- models
 def model_path(cfg: dict, fmt: str, root: Path) -> Path:
     """The file the evaluator (pt, onnx) or the convert stage (rknn) measured; missing: which target builds it."""
-    e, c, exp = cfg["evaluate"], cfg["convert"], cfg["experiment"]
-    art = paths.artifacts_dir(exp, root)
+    e, exp = cfg["evaluate"], Experiment.of(cfg, root)
     if fmt == "rknn":
-        path, target = art / "models" / f"{exp}_{c['dtype']}_{c['platform']}.rknn", "make convert"
+        path, target = exp.rknn(cfg["convert"]), "make convert"
     else:
-        default = art / "weights" / "best.pt" if fmt == "pt" else art / "models" / f"{exp}.onnx"
+        default = exp.best if fmt == "pt" else exp.onnx
         path = Path(e["weights"]) if e["weights"] else default  # as evaluate.formats_to_run
         path = path if path.is_absolute() else root / path
         target = "make fit" if fmt == "pt" else "make export"
@@ -98,59 +98,49 @@ def model_path(cfg: dict, fmt: str, root: Path) -> Path:
 
 
 class RknnModel:
-    """The .rknn's model, rebuilt in this process so the simulator can run it. check() is quick and says
-    whether the .rknn was built from today's ONNX, calibration list and settings; build() is the slow part."""
+    """The .rknn's model, rebuilt in this process so the simulator can run it. Constructing it is quick
+    and says whether the .rknn was built from today's ONNX, calibration list and settings; build() is
+    the slow part."""
 
     def __init__(self, cfg: dict, rknn_file: Path, root: Path):
-        from services.convert import convert
-        self.cfg, self.root, self.convert = cfg, root, convert
-        exp = cfg["experiment"]
-        self.art = paths.artifacts_dir(exp, root)
-        self.onnx = self.art / "models" / f"{exp}.rknn-head.onnx"
-        self.size, self.layout = convert.check_onnx(self.onnx, root)
-        self.images = convert.calibration_images(cfg, root)
-        built = files.read_json(rknn_file.with_name(f"{rknn_file.stem}.manifest.json")) or {}
-        # evaluate.* settings change how the simulator's outputs are scored, not the model
-        now = {k: v for k, v in convert.fingerprint(cfg, self.onnx, self.images, root).items()
-               if k not in ("evaluate", "evaluator_version")}
+        from services.common import toolkit
+        self.cfg, self.root, self.toolkit = cfg, root, toolkit
+        self.exp = Experiment.of(cfg, root)
+        self.size, self.layout = toolkit.check_onnx(self.exp.rknn_head_onnx, root)
+        self.images = toolkit.calibration_images(cfg, root)
+        built = files.read_json(self.exp.manifest_of(rknn_file)) or {}
+        now = toolkit.model_fingerprint(cfg, self.exp.rknn_head_onnx, self.images, root)
         was = built.get("fingerprint") or {}
         differs = [k for k in now if was.get(k) != now[k]]
         if differs:
             raise UserError(f"{paths.rel(rknn_file, root)} was built from other inputs than today's "
                             f"({', '.join(differs)} differ); run `make convert` so it matches, then predict again")
+        self.rknn = None
 
-    def build(self):
-        """The convert stage's build (convert.run), then the simulator: returns the evaluator's backend."""
-        from rknn.api import RKNN
-        convert, size = self.convert, self.size
-        listing = convert.calibration_listing(self.images, size, self.art)
-        with convert.toolkit_output():
-            self.rknn = RKNN(verbose=False)
-        convert.build_model(self.rknn, self.cfg["convert"], self.onnx, listing, self.art)
-        convert.toolkit_call("init_runtime (simulator)", self.rknn.init_runtime)
-        with convert.toolkit_output():  # its first inference prints the session's preparation
-            self.rknn.inference(inputs=[np.zeros((1, *size, 3), np.uint8)], data_format="nhwc")
-        return convert.RknnSimBackend(self.rknn, size, self.layout)
+    def build(self, log: Path):
+        """The convert stage's build sequence, then the simulator: returns the evaluator's backend."""
+        self.kit = self.toolkit.Toolkit(log)
+        listing = self.toolkit.calibration_listing(self.images, self.size, self.exp.toolkit_work)
+        self.rknn = self.kit.new()
+        self.kit.build(self.rknn, self.cfg["convert"], self.exp.rknn_head_onnx, listing, self.exp.toolkit_work)
+        return self.kit.simulator(self.rknn, self.size, self.layout)
 
     def release(self):
-        if getattr(self, "rknn", None) is not None:
-            with self.convert.toolkit_output():
-                self.rknn.release()
+        if self.rknn is not None:
+            self.kit.release(self.rknn)
 
 
 def load_backend(cfg: dict, fmt: str, model: Path, root: Path, rknn_model=None):
     """(backend, input size (h, w)): the evaluator's backend for pt and onnx, the simulator for rknn."""
     if fmt == "rknn":
-        log = paths.artifacts_dir(cfg["experiment"], root) / "predict" / "rknn-toolkit.log"
+        log = Experiment.of(cfg, root).predict("rknn").parent / "rknn-toolkit.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("")
-        rknn_model.convert.TOOLKIT_LOG = log  # where the toolkit's ~300 lines of progress go
         info(STAGE, f"building {paths.rel(model, root)}'s model again for the simulator (it runs only models built "
                     f"in its own process); rknn-toolkit2's messages go to {paths.rel(log, root)}")
-        return rknn_model.build(), rknn_model.size
-    from services.evaluate import evaluate
+        return rknn_model.build(log), rknn_model.size
     e = cfg["evaluate"]
-    backend = evaluate.backend_for(fmt, model, e["max_det"])  # max_det: a one-to-one head's (YOLO26) own top-k
+    backend = backends.backend_for(fmt, model, e["max_det"])  # max_det: a one-to-one head's (YOLO26) own top-k
     # the evaluator's input size; an ONNX model's is static and fixed at export
     size = backend.size if fmt == "onnx" else decode.input_size(e["imgsz"] or cfg["export"]["imgsz"]
                                                                    or cfg["train"]["imgsz"])
@@ -235,7 +225,7 @@ def run(cfg: dict, source: str, fmt: str = "pt", conf: float = DISPLAY_CONF, roo
     rknn_model = RknnModel(cfg, model, root) if fmt == "rknn" else None
     e = cfg["evaluate"]
     settings = {"conf": conf, "iou": e["iou"], "max_det": e["max_det"]}
-    final = paths.artifacts_dir(cfg["experiment"], root) / "predict" / fmt
+    final = Experiment.of(cfg, root).predict(fmt)
     model_sha = files.sha256_file(model)
     try:
         backend, size = load_backend(cfg, fmt, model, root, rknn_model)
