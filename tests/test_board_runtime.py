@@ -1,14 +1,16 @@
-"""The board runtime (the bundle's detect.py): the pipeline of reader, pre-processing, one inference
-context per NPU core and post-processing, run here exactly as on the board but with onnxruntime on
-the bundle's ONNX model (the model the .rknn was built from) in place of the NPU. detect.py runs as a
-user runs it, a subprocess of the train environment's python (onnxruntime and OpenCV are there).
+"""The board runtime (services/board/, the bundle's detect.py): the pipeline of reader, pre-processing,
+one inference context per NPU core and post-processing, run here exactly as on the board but with
+onnxruntime on an ONNX model in place of the NPU.
 
-Most tests use a bundle built here from an untrained YOLO11n (seconds, no training): the pipeline's
-order, back-pressure and core assignment do not need good detections. Its .rknn is a placeholder:
-`--backend onnx` never reads it and the rknn backend needs a board. The slow test runs the real
-bundle of the demo training against the evaluation's own detections."""
-import importlib.util
+The unit tests need no generated bundle: they import services.board and run it on a tiny ONNX model
+built here with onnx.helper (real convolutions, the RKNN head's dfl layout), or call its checks on
+real inputs. The others run detect.py as a user runs it, a subprocess of the train environment's
+python (onnxruntime and OpenCV are there), in a bundle built here from an untrained YOLO11n (seconds,
+no training): the pipeline's order, back-pressure and core assignment do not need good detections.
+Its .rknn is a placeholder: `--backend onnx` never reads it and the rknn backend needs a board. The
+slow test runs the real bundle of the demo training against the evaluation's own detections."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +23,9 @@ import numpy as np
 import pytest
 
 from conftest import one_error
+from services.board import backends, bundle as bundle_checks, detect as board_detect, pipeline
+from services.board import yolo_core as core
+from services.board.errors import BadInput, LayoutError
 
 SIZE = (128, 192)  # not square: a swapped height and width shows
 
@@ -89,18 +94,222 @@ def detect(board: Path, *args, cwd: Path, timeout=300) -> subprocess.CompletedPr
                           text=True, timeout=timeout)
 
 
-def load_detect(board: Path):
-    """The bundle's detect.py as a module of its own name (other tests import another bundle's)."""
-    sys.path.insert(0, str(board))  # for its `import yolo_core`
+# ------------------------------------------------------------------------------ no generated bundle
+def tiny_onnx(path: Path, size=SIZE, box_channels: int = 64, seed: int = 0) -> Path:
+    """A real ONNX model with the outputs of the RKNN head for an input of `size` (dfl layout, or
+    distances with box_channels=4): per stride an average pool, a 1x1 convolution to the box outputs
+    and one to a sigmoid score that follows the cell's brightness. Its detections mean nothing, but
+    they are computed from the frame, so a frame swapped or decoded twice shows."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(seed)
+    h, w = size
+    nodes, weights, outputs = [], [], []
+    for s in (8, 16, 32):
+        weights += [numpy_helper.from_array(rng.normal(0, 2, (box_channels, 3, 1, 1)).astype(np.float32), f"wb{s}"),
+                    numpy_helper.from_array(np.full((1, 3, 1, 1), 4, np.float32), f"ws{s}"),
+                    numpy_helper.from_array(np.array([-6], np.float32), f"bs{s}")]
+        nodes += [helper.make_node("AveragePool", ["images"], [f"pool{s}"], kernel_shape=[s, s], strides=[s, s]),
+                  helper.make_node("Conv", [f"pool{s}", f"wb{s}"], [f"box_s{s}"]),
+                  helper.make_node("Conv", [f"pool{s}", f"ws{s}", f"bs{s}"], [f"logit{s}"]),
+                  helper.make_node("Sigmoid", [f"logit{s}"], [f"score_s{s}"])]
+        outputs += [helper.make_tensor_value_info(f"box_s{s}", TensorProto.FLOAT, [1, box_channels, h // s, w // s]),
+                    helper.make_tensor_value_info(f"score_s{s}", TensorProto.FLOAT, [1, 1, h // s, w // s])]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                                                           [1, 3, h, w])], outputs, weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def tiny_bundle(folder: Path, **changes) -> Path:
+    """A folder with a bundle.json written by hand around tiny_onnx's model: what main() reads. Its
+    .rknn is a placeholder, as in the bundle below."""
+    tiny_onnx(folder / "tiny.onnx")
+    (folder / "tiny_int8_rk3588.rknn").write_text("placeholder: --backend onnx does not read it\n")
+    manifest = {"experiment": "tiny", "model": "tiny_int8_rk3588.rknn", "onnx": "tiny.onnx", "imgsz_hw": list(SIZE),
+                "toolkit_version": "2.3.2", "platform": "rk3588", "dtype": "int8", "iou": 0.7, "max_det": 300,
+                "category_ids": [1], "labels": ["person"], "layout": "dfl", "built": "2025-01-01T00:00:00Z"}
+    (folder / "bundle.json").write_text(json.dumps({**manifest, **changes}))
+    return folder
+
+
+def test_the_reader_waits_for_a_slow_consumer_and_errors_stop_every_thread(tmp_path):
+    board = bundle_checks.load_bundle(tiny_bundle(tmp_path / "tiny"))
+    contexts = backends.load_contexts("onnx", tmp_path / "tiny/tiny.onnx", [0, 1, 2], board)
+    images = street_images(3)
+    read, consumed, ahead = [0], [], []
+
+    def frames(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise OSError("the camera went away")
+            read[0] += 1
+            yield f"f{i}", images[i % 3]
+
+    pre = pipeline.preprocessor(board.size)
+    post = pipeline.postprocessor(board.layout, board.size, 0.001, 0.7, 300)
+    before = threading.active_count()
     try:
-        spec = importlib.util.spec_from_file_location(f"detect_{abs(hash(str(board)))}", board / "detect.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        for frame in pipeline.pipeline(frames(40), contexts, pre, post, depth=6):
+            ahead.append(read[0] - len(consumed))
+            consumed.append((frame.index, frame.name, frame.core))
+            time.sleep(0.02)  # a consumer slower than the three contexts
+        assert [c[:2] for c in consumed] == [(i, f"f{i}") for i in range(40)]
+        assert {c[2] for c in consumed} == {0, 1, 2}
+        # at most `depth` frames between the reader and the consumer, reordering included
+        assert max(ahead) <= 6 and max(ahead) >= 3, ahead
+
+        with pytest.raises(OSError, match="camera went away"):
+            for _ in pipeline.pipeline(frames(40, fail_at=10), contexts, pre, post):
+                pass
+        assert threading.active_count() == before  # no thread left behind, none waiting forever
+
+        # a consumer that stops early (a break, Ctrl-C) stops every thread too
+        for frame in pipeline.pipeline(frames(40), contexts, pre, post, depth=6):
+            if frame.index == 5:
+                break
+        assert threading.active_count() == before
     finally:
-        sys.path.remove(str(board))
-    return module
+        for ctx in contexts:
+            ctx.release()
 
 
+def test_main_gives_the_decodes_detections_in_frame_order_without_a_generated_bundle(tmp_path, capsys):
+    """main() in this process on tiny_bundle: three contexts, a folder of images, --json, --out and the
+    report; every frame's detections are those of decode.py on onnxruntime's outputs for that frame."""
+    folder = tiny_bundle(tmp_path / "tiny")
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    names = [f"street{i:02d}.png" for i in range(9)]
+    for name, image in zip(names, street_images(9)):
+        cv2.imwrite(str(images / name), image)
+    (tmp_path / "gt.json").write_text(json.dumps({"images": [{"file_name": n, "id": i + 1}
+                                                             for i, n in enumerate(names)]}))
+    code = board_detect.main(folder, [str(images), "--backend", "onnx", "--conf", "0.001", "--json",
+                                      str(out / "results.json"), "--gt", str(tmp_path / "gt.json"), "--out",
+                                      str(out / "drawn"), "--report", str(out / "board_report.json")])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert [line.split(":")[0] for line in printed.splitlines() if " person(s), NPU " in line] == names
+    assert sorted(p.name for p in (out / "drawn").iterdir()) == names
+    assert f"detections written to {out / 'results.json'}" in printed and "report written to" in printed
+
+    import onnxruntime as ort
+    options = ort.SessionOptions()  # one thread, as each context has: the same float sums, in the same order
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(folder / "tiny.onnx"), options, providers=["CPUExecutionProvider"])
+    expected = []
+    for i, name in enumerate(names):
+        x, meta = core.preprocess(cv2.imread(str(images / name)), SIZE)
+        boxes, scores, cls = core.postprocess(session.run(None, {"images": x}), "dfl", SIZE, 0.001, 0.7, 300)
+        expected += core.to_coco(i + 1, core.scale_boxes(boxes, meta), scores, cls, [1])
+    results = json.loads((out / "results.json").read_text())
+    assert len({d["image_id"] for d in results}) == len(names)  # detections in every frame: a swap would show
+    assert results == expected
+
+    report = json.loads((out / "board_report.json").read_text())
+    assert report["cores"] == [0, 1, 2] and report["frames"] == len(names) and report["backend"] == "onnx"
+    assert report["source_kind"] == f"folder of {len(names)} image(s)" and report["model"] == "tiny.onnx"
+    assert report["runtime"].startswith("onnxruntime ") and report["bundle"]["layout"] == "dfl"
+    assert sum(report["frames_per_core"].values()) == len(names) and report["interrupted"] is False
+
+
+def test_main_refuses_bad_input_in_one_line_before_any_work(tmp_path, capsys):
+    folder = tiny_bundle(tmp_path / "tiny")
+    image = tmp_path / "street.jpg"
+    cv2.imwrite(str(image), street_images(1)[0])
+
+    def refused(*args, folder=folder) -> str:
+        code = board_detect.main(folder, [*map(str, args), "--report", str(tmp_path / "report.json")])
+        err = capsys.readouterr().err.splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+        return err[0]
+
+    assert "nowhere.mp4 does not exist" in refused(tmp_path / "nowhere.mp4", "--backend", "onnx")
+    line = refused(image, "--platform", "rk3568")
+    assert "built for the rk3588" in line and "convert.platform=rk3568" in line
+    line = refused(image, "--cores", "1")
+    assert "rknn-toolkit-lite2" in line and "--backend onnx" in line
+    line = refused(image, "--backend", "onnx", "--gt", tmp_path / "nowhere.json")
+    assert "nowhere.json does not exist" in line
+    # outputs in another layout than bundle.json names, and a layout this decode does not know
+    tiny_onnx(folder / "tiny.onnx", box_channels=4)
+    line = refused(image, "--backend", "onnx")
+    assert "'dfl'" in line and "different conversions" in line
+    tiny_bundle(folder, layout="yolo-end2end")
+    line = refused(image, "--backend", "onnx")
+    assert "'yolo-end2end'" in line and "dfl" in line
+    (folder / "bundle.json").write_text("{")
+    assert "bundle.json" in refused(image, "--backend", "onnx", folder=folder)
+    assert not (tmp_path / "report.json").exists()  # no report, nothing half-written
+
+
+def test_the_runtime_version_check():
+    """The board's runtime must be at least the toolkit version the model was built with: older is a
+    warning, the same or newer or no version said is not. get_sdk_version's text, as RKNNLite gives
+    it: the first x.y.z is the API's (librknnrt)."""
+    said = "librknnrt version: 1.6.0 (9a7b5d24c@2023-12-13T17:31:11)\nDRV: rknpu 0.9.3"
+    line = bundle_checks.older_runtime_warning(said, "2.3.2")
+    assert line == ("warning: the board's RKNN runtime is 1.6.0 but the model was built with rknn-toolkit2 "
+                    "2.3.2; update librknnrt.so to 2.3.2 or newer if results look wrong")
+    assert bundle_checks.older_runtime_warning(said.replace("1.6.0", "2.3.2"), "2.3.2") is None
+    assert bundle_checks.older_runtime_warning(said.replace("1.6.0", "2.10.0"), "2.3.2") is None  # 10 > 3
+    assert bundle_checks.older_runtime_warning("unknown", "2.3.2") is None
+    assert bundle_checks.older_runtime_warning(None, "2.3.2") is None
+
+
+def test_the_checks_before_any_frame(tmp_path):
+    """Which chip, which cores, which layout: each check on real inputs."""
+    compatible = tmp_path / "compatible"  # as an Orange Pi 5 says it: an RK3588S, which the toolkit calls rk3588
+    compatible.write_bytes(b"rockchip,rk3588s-orangepi-5\0rockchip,rk3588\0")
+    assert bundle_checks.board_platform(None, compatible) == (
+        "rk3588", str(compatible), ["rockchip,rk3588s-orangepi-5", "rockchip,rk3588"])
+    assert bundle_checks.board_platform("RK3566", compatible) == ("rk3566", "--platform", [])
+    assert bundle_checks.board_platform(None, tmp_path / "absent") == (None, None, [])
+
+    assert bundle_checks.parse_cores("all", "rknn", "rk3588") == [0, 1, 2]
+    assert bundle_checks.parse_cores("all", "rknn", "rk3576") == [0, 1]
+    assert bundle_checks.parse_cores("all", "rknn", "rk3566") == [0]
+    assert bundle_checks.parse_cores("2", "onnx", "rk3566") == [2]  # CPU threads, not NPU cores
+    with pytest.raises(BadInput, match=r"--cores 2: the rk3576 has 2 NPU core\(s\) \(0-1\); use --cores 0 or 1 or all"):
+        bundle_checks.parse_cores("2", "rknn", "rk3576")
+
+    board = bundle_checks.load_bundle(tiny_bundle(tmp_path / "tiny"))
+    ctx = backends.OnnxBackend(tmp_path / "tiny/tiny.onnx", board)
+    ctx.load(0)
+    shapes = [np.shape(o) for o in ctx.run(np.full((1, *SIZE, 3), 114, np.uint8))]
+    ctx.release()
+    assert core.layout_of(shapes, SIZE) == "dfl"
+    bundle_checks.check_layout("dfl", SIZE, [np.zeros(s) for s in shapes])
+    with pytest.raises(LayoutError, match="different conversions"):
+        bundle_checks.check_layout("distances", SIZE, [np.zeros(s) for s in shapes])
+    with pytest.raises(LayoutError, match="different conversions"):
+        bundle_checks.check_layout("dfl", SIZE[::-1], [np.zeros(s) for s in shapes])  # height and width swapped
+    with pytest.raises(LayoutError, match="'standard'"):
+        bundle_checks.check_layout("standard", SIZE)
+
+
+def test_the_runtime_needs_nothing_of_the_project_but_decode(tmp_path):
+    """The package as the bundle writer copies it (runtime/, decode.py as its yolo_core.py) imports
+    in a python that has no `services` to find, and pulls in nothing of the x86 side."""
+    from services.convert import board
+    board.copy_runtime(tmp_path / "runtime")
+    assert sorted(p.name for p in (tmp_path / "runtime").iterdir()) == sorted(
+        p.name for p in Path(board_detect.__file__).parent.glob("*.py"))
+    script = tmp_path / "imports.py"
+    script.write_text("import sys\nfrom runtime import backends, bundle, detect, pipeline, report, source\n"
+                      "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+                      "('services', 'torch', 'ultralytics', 'onnx', 'onnxruntime', 'rknnlite')))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-s", str(script)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------ detect.py in a bundle
 @pytest.mark.parametrize("kind", ["images", "video"])
 def test_three_contexts_give_the_detections_of_one_in_frame_order(bundle, sources, kind, tmp_path):
     source, names, gt = sources[kind]
@@ -134,40 +343,6 @@ def test_three_contexts_give_the_detections_of_one_in_frame_order(bundle, source
     assert fps["mean"] > 0 and fps["p50"] >= fps["p95"] > 0
     for label in ("pre-processing", "NPU", "post-processing", "end to end", "throughput (frames/s)"):
         assert label in stdout
-
-
-def test_the_reader_waits_for_a_slow_consumer_and_errors_stop_every_thread(bundle):
-    detect_py = load_detect(bundle)
-    contexts = detect_py.load_contexts("onnx", bundle / "tiny.rknn-head.onnx", [0, 1, 2])
-    images = street_images(3)
-    read, consumed, ahead = [0], [], []
-
-    def frames(n, fail_at=None):
-        for i in range(n):
-            if i == fail_at:
-                raise OSError("the camera went away")
-            read[0] += 1
-            yield f"f{i}", images[i % 3]
-
-    post = detect_py.postprocessor(0.001, 0.7, 300)
-    before = threading.active_count()
-    try:
-        for frame in detect_py.pipeline(frames(40), contexts, post, depth=6):
-            ahead.append(read[0] - len(consumed))
-            consumed.append((frame.index, frame.name, frame.core))
-            time.sleep(0.02)  # a consumer slower than the three contexts
-        assert [c[:2] for c in consumed] == [(i, f"f{i}") for i in range(40)]
-        assert {c[2] for c in consumed} == {0, 1, 2}
-        # at most `depth` frames between the reader and the consumer, reordering included
-        assert max(ahead) <= 6 and max(ahead) >= 3, ahead
-
-        with pytest.raises(OSError, match="camera went away"):
-            for _ in detect_py.pipeline(frames(40, fail_at=10), contexts, post):
-                pass
-        assert threading.active_count() == before  # no thread left behind, none waiting forever
-    finally:
-        for ctx in contexts:
-            ctx.release()
 
 
 def test_bad_input_is_one_line_before_any_work(bundle, sources, tmp_path):
@@ -211,6 +386,28 @@ def test_bad_input_is_one_line_before_any_work(bundle, sources, tmp_path):
     line = one_error(detect(other, images, "--backend", "onnx", cwd=bad))
     assert "'normalized'" in line and "different conversions" in line
     assert not list(bad.iterdir())  # no report, nothing half-written
+
+
+def test_the_bundle_carries_the_runtime_and_a_rebuild_replaces_one_detect_py_ran_in(bundle, tmp_path):
+    """detect.py at the root, the runtime in runtime/ with decode.py itself as yolo_core.py, each file
+    listed in bundle.json. Python's bytecode cache (runtime/__pycache__, once detect.py ran) is no
+    user's file: the bundle still counts as the convert stage's own, so a rebuild replaces it rather
+    than moving it aside; an edited runtime file does not."""
+    from services.common import decode
+    from services.convert import board
+    listed = json.loads((bundle / "bundle.json").read_text())["files"]
+    assert "detect.py" in listed and "runtime/detect.py" in listed and "runtime/pipeline.py" in listed
+    assert (bundle / "runtime/yolo_core.py").read_bytes() == Path(decode.__file__).read_bytes()
+    copy = tmp_path / "board"
+    shutil.copytree(bundle, copy)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    proc = subprocess.run([sys.executable, str(copy / "detect.py"), "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "Pedestrian detection on the RK3588 NPU" in proc.stdout, proc.stderr
+    assert (copy / "runtime/__pycache__").is_dir()
+    assert board.written_by_us(copy)
+    (copy / "runtime/pipeline.py").write_text("# edited on the board\n")
+    assert not board.written_by_us(copy)
 
 
 def test_the_demo_bundle_on_the_cpu_gives_the_evaluations_detections(demo_run, tmp_path):

@@ -1,5 +1,6 @@
 """Export (ONNX) and RKNN conversion on the demo run: parity, quantization sanity, the board bundle."""
 import importlib
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -20,6 +21,23 @@ def metrics(root: Path, fmt: str) -> dict:
 
 def ap50(root, fmt):
     return metrics(root, fmt)["sets"]["val"]["coco"]["AP50"]
+
+
+def bundle_runtime(board: Path):
+    """The bundle's own copy of the board runtime (board/runtime/, with its copy of decode.py), not the
+    repository's services.board: imported under a name of its own, as another test may import
+    another bundle's."""
+    name = f"bundle_runtime_{abs(hash(str(board)))}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, board / "runtime/__init__.py",
+                                                  submodule_search_locations=[str(board / "runtime")])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[name] = package
+    spec.loader.exec_module(package)
+    for module in ("bundle", "errors", "pipeline", "yolo_core"):
+        importlib.import_module(f"{name}.{module}")
+    return package
 
 
 def test_export_writes_both_heads_with_parity(demo_run):
@@ -66,28 +84,27 @@ def test_int8_rknn_keeps_its_accuracy(demo_run):
 def test_board_bundle_decodes_like_the_simulator_evaluation(demo_run):
     root, _ = demo_run
     board = root / "artifacts/demo/board"
-    for name in ("demo_int8_rk3588.rknn", "labels.txt", "detect.py", "yolo_core.py", "bundle.json", "README.md"):
+    for name in ("demo_int8_rk3588.rknn", "labels.txt", "detect.py", "runtime/yolo_core.py", "bundle.json",
+                 "README.md"):
         assert (board / name).is_file(), name
     bundle = json.loads((board / "bundle.json").read_text())
     assert bundle["toolkit_version"] in (board / "README.md").read_text()
-    sys.path.insert(0, str(board))
-    try:
-        detect = importlib.import_module("detect")  # rknnlite is imported only when it runs on a board
-    finally:
-        sys.path.remove(str(board))
+    runtime = bundle_runtime(board)  # rknnlite is imported only when it runs on a board
+    loaded = runtime.bundle.load_bundle(board)
     sim = np.load(root / "artifacts/demo/rknn/simulator_outputs.npz")
     evaluated = json.loads((root / metrics(root, "rknn")["sets"]["val"]["detections_file"]).read_text())
     gt = json.loads((root / "datasets/demo/yolo/val_gt.json").read_text())
     ids = {im["im_name"]: im["id"] for im in gt["images"]}
     import cv2
-    assert bundle["layout"] == "dfl" and detect.LAYOUT == "dfl"
+    assert bundle["layout"] == "dfl" and loaded.layout == "dfl"
     for i, name in enumerate(sim["names"]):
         image = cv2.imread(str(root / "datasets/demo/yolo/val/images" / str(name)))
-        _, meta = detect.core.preprocess(image, detect.SIZE)
+        _, meta = runtime.yolo_core.preprocess(image, loaded.size)
         outputs = [sim[f"out_{i}_{k}"] for k in range(6)]
-        detect.check_layout(outputs)
-        boxes, scores, cls = detect.detections(outputs, meta, 0.001, bundle["iou"], bundle["max_det"])
-        ours = detect.core.to_coco(ids[str(name)], boxes, scores, cls, bundle["category_ids"])
+        runtime.bundle.check_layout(loaded.layout, loaded.size, outputs)
+        boxes, scores, cls = runtime.pipeline.detections(outputs, meta, loaded.layout, loaded.size, 0.001,
+                                                         bundle["iou"], bundle["max_det"])
+        ours = runtime.yolo_core.to_coco(ids[str(name)], boxes, scores, cls, bundle["category_ids"])
         theirs = [d for d in evaluated if d["image_id"] == ids[str(name)]]
         assert ours == theirs and ours
 
@@ -134,13 +151,11 @@ def test_board_script_refuses_a_layout_it_does_not_know(demo_run, tmp_path):
     line = one_error(proc)
     assert "'yolo-end2end'" in line and "dfl" in line and "bundle" in line
     # the same decode refuses outputs whose shapes do not fit the bundle's layout
-    sys.path.insert(0, str(demo_run[0] / "artifacts/demo/board"))
-    try:
-        detect = importlib.import_module("detect")
-    finally:
-        sys.path.pop(0)
-    with pytest.raises(detect.LayoutError, match="different conversions"):
-        detect.check_layout([np.zeros((1, 4, 32, 32)), np.zeros((1, 1, 32, 32))] * 3)
+    runtime = bundle_runtime(demo_run[0] / "artifacts/demo/board")
+    loaded = runtime.bundle.load_bundle(demo_run[0] / "artifacts/demo/board")
+    outputs = [np.zeros((1, 4, 32, 32)), np.zeros((1, 1, 32, 32))] * 3
+    with pytest.raises(runtime.errors.LayoutError, match="different conversions"):
+        runtime.bundle.check_layout(loaded.layout, loaded.size, outputs)
 
 
 @needs_convert_env

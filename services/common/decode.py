@@ -1,7 +1,7 @@
 """The pre- and post-processing every backend shares, so differences between formats come from the
 model, not the code. numpy and OpenCV only, and nothing from the project: it runs in the train
 environment and in the convert environment (numpy 1.26, no ultralytics), where the RKNN simulator
-uses it too, and the board bundle carries a copy as yolo_core.py (services/convert/board.py).
+uses it too, and the board bundle carries a copy as runtime/yolo_core.py (services/convert/board.py).
 
 Pre-processing is ultralytics' LetterBox (keep the aspect ratio, pad with grey 114 to the input size,
 centred), BGR -> RGB, /255, NCHW float32. Post-processing takes the raw outputs of any head layout
@@ -105,7 +105,7 @@ def decode(output: np.ndarray, conf: float, iou: float, max_det: int, nms_fn=nms
 
 # ------------------------------------------------------------------------------- RKNN head layouts
 # How the RKNN model's outputs are laid out. Each INT8 output tensor gets one scale for all its values,
-# so what an output holds decides how finely it is rounded (README: "The RKNN head").
+# so what an output holds decides how finely it is rounded (docs/thesis/convert.md: "The RKNN head").
 LAYOUTS = {
     "dfl": "per stride s in (8, 16, 32): box_s<s> (1, 64, h/s, w/s) DFL logits (4 sides x 16 bins) and "
            "score_s<s> (1, classes, h/s, w/s) sigmoid scores; softmax, expectation and decode on the CPU",

@@ -1,12 +1,24 @@
-"""The board bundle: everything an RK3588 needs to run the model, in artifacts/<exp>/board/."""
+"""The board bundle: everything an RK3588 needs to run the model, in artifacts/<exp>/board/.
+
+    <exp>_int8_rk3588.rknn, <exp>.rknn-head.onnx, labels.txt, bundle.json, README.md
+    detect.py   the entry point: `python3 detect.py SOURCE ...` calls runtime/detect.py's main
+    runtime/    the board runtime (services/board/), with decode.py as runtime/yolo_core.py
+
+The runtime is written to need nothing of the project but the decode (services/board/__init__.py);
+so it is copied as it is, and decode.py goes in the place of yolo_core.py, which in the repository
+only hands decode's names over.
+"""
 import json
 import shutil
 from pathlib import Path
 
+import jinja2
+
+from services import board as board_runtime
 from services.common import decode, files, manifest, paths
 from services.common.log import info
 
-HERE = Path(__file__).resolve().parent
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 # Why this layout: the INT8 simulator against the float ONNX of the same head, measured with
 # `python benchmarks/int8_fidelity.py layouts ROOT:demo` (README: "The RKNN head").
 LAYOUT_MEASUREMENTS = {
@@ -24,7 +36,8 @@ def written_by_us(board: Path) -> bool:
     its sha256)? Then a new build replaces it; anything else in it (a user's results, an edited
     script) gets the folder moved aside instead."""
     listed = (files.read_json(board / "bundle.json") or {}).get("files")
-    present = {str(p.relative_to(board)): p for p in board.rglob("*") if p.is_file() or p.is_symlink()}
+    present = {p.relative_to(board).as_posix(): p for p in board.rglob("*")
+               if (p.is_file() or p.is_symlink()) and "__pycache__" not in p.parts}  # Python's, when detect.py ran
     present.pop("bundle.json", None)
     if not isinstance(listed, dict):  # bundles from before the list: keep them
         return False
@@ -44,9 +57,8 @@ def write_bundle(cfg: dict, model: Path, size, layout: str, toolkit_version: str
         if onnx.is_file():
             shutil.copyfile(onnx, build.path / onnx.name)
         (build.path / "labels.txt").write_text("person\n")
-        shutil.copyfile(HERE / "board_detect.py", build.path / "detect.py")
-        # the very letterbox/decode/NMS the simulator evaluation used
-        shutil.copyfile(decode.__file__, build.path / "yolo_core.py")
+        (build.path / "detect.py").write_text(render("bundle_detect.py.j2", platform=cfg["convert"]["platform"]))
+        copy_runtime(build.path / "runtime")
         bundle = {"experiment": exp, "model": model.name, "imgsz_hw": list(size), "toolkit_version": toolkit_version,
                   "platform": cfg["convert"]["platform"], "dtype": cfg["convert"]["dtype"], "iou": e["iou"],
                   "max_det": e["max_det"], "category_ids": [1], "labels": ["person"],
@@ -55,10 +67,11 @@ def write_bundle(cfg: dict, model: Path, size, layout: str, toolkit_version: str
                   "layouts_measured": LAYOUT_MEASUREMENTS,
                   "input": f"(1, {size[0]}, {size[1]}, 3) uint8 RGB, letterboxed (grey 114); normalised inside",
                   "git": manifest.git_state(), "built": manifest.now()}
-        (build.path / "README.md").write_text(README.format(exp=exp, model=model.name, h=size[0], w=size[1],
-                                                            tk=toolkit_version, platform=cfg["convert"]["platform"],
-                                                            onnx=onnx.name))
-        bundle["files"] = {p.name: files.sha256_file(p) for p in sorted(build.path.iterdir())}
+        (build.path / "README.md").write_text(render("bundle_README.md.j2", exp=exp, model=model.name, h=size[0],
+                                                     w=size[1], tk=toolkit_version,
+                                                     platform=cfg["convert"]["platform"], onnx=onnx.name))
+        bundle["files"] = {p.relative_to(build.path).as_posix(): files.sha256_file(p)
+                           for p in sorted(build.path.rglob("*")) if p.is_file()}
         (build.path / "bundle.json").write_text(json.dumps(bundle, indent=2) + "\n")
     if build.moved_aside:
         info("convert", f"{paths.rel(out, root)} held files the convert stage did not write; moved it aside to "
@@ -66,40 +79,19 @@ def write_bundle(cfg: dict, model: Path, size, layout: str, toolkit_version: str
     return out
 
 
-README = """# {exp} on the {platform} NPU
+def copy_runtime(dest: Path) -> None:
+    """The board runtime as the package `dest` (a bundle's runtime/): services/board/ as it is, but
+    for yolo_core.py, which becomes a copy of decode.py, the very letterbox, decode and NMS the
+    simulator evaluation used."""
+    dest.mkdir(parents=True)
+    for p in sorted(Path(board_runtime.__file__).parent.glob("*.py")):
+        if p.name != "yolo_core.py":
+            shutil.copyfile(p, dest / p.name)
+    shutil.copyfile(decode.__file__, dest / "yolo_core.py")
 
-Built with rknn-toolkit2 {tk}; input {h}x{w} (letterboxed), INT8 unless the file name says fp16.
-`detect.py` decodes exactly as the simulator evaluation that produced ../metrics/rknn.json.
 
-## On the board (Debian/Ubuntu image with the Rockchip NPU driver)
-
-```bash
-# once: the runtime library and the Python runtime, both {tk} (or newer)
-#   librknnrt.so  -> /usr/lib/librknnrt.so   (rknn-toolkit2 repository, rknpu2/runtime/Linux/librknn_api/aarch64/)
-pip3 install rknn-toolkit-lite2=={tk} opencv-python-headless numpy
-# copy this folder to the board, then:
-python3 detect.py street.jpg --out results/          # draws boxes, prints the latency of each stage
-python3 detect.py images/ --out results/             # a folder
-python3 detect.py video.mp4 --out frames/            # a video, frames in order
-python3 detect.py video.mp4 --cores 0 --quiet        # one context on NPU core 0: the latency of one core
-python3 detect.py val/images/ --conf 0.001 --json board_results.json --gt val_gt.json
-```
-
-`--cores all` (the default) loads three contexts, one bound to each NPU core, and runs them on
-consecutive frames; reading, pre-processing (letterbox) and post-processing (decode, NMS) run in
-threads of their own, and results come out in frame order. At the end detect.py prints each
-stage's latency and the throughput (mean, p50, p95) and writes them to board_report.json (`--report`),
-with the cores, the model, the frame count and the board's platform, for the report on the PC.
-
-The last command writes COCO results for the CityPersons val images (copy `val/images/` and
-`val_gt.json` from datasets/citypersons/yolo/). Score them on a PC with the project's evaluator to
-compare the board with the simulator. `detect.py` warns when the board's runtime is older than {tk},
-and refuses a bundle built for another chip (it reads /proc/device-tree/compatible; `--platform`
-says it where that file does not).
-
-On a PC, the same script runs the same pipeline on the CPU with the float ONNX model the .rknn was
-built from: `python3 detect.py images/ --backend onnx` (onnxruntime, one CPU thread per context).
-
-Files: {model} (the model), {onnx} (the float model it was built from), labels.txt, detect.py,
-yolo_core.py (letterbox, decode, NMS), bundle.json (input size, outputs, toolkit version, commit).
-"""
+def render(template: str, **values) -> str:
+    """One of templates/ filled in; a value it names and is not given is an error, not a blank."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, autoescape=False)
+    return env.get_template(template).render(**values)
