@@ -1,5 +1,6 @@
 """make report: tables (md, LaTeX), figures (pdf, png) and one self-contained html page over an
 experiment or a sweep; its numbers against a recomputation of our own from the trials' metrics."""
+import html
 import json
 import math
 import os
@@ -266,3 +267,194 @@ def test_a_sweep_whose_trials_all_failed_is_one_line(tmp_path):
     assert "sweep 'broken' has no evaluated trial" in line, line
     assert "a-s0 failed at stage 'fit'" in proc.stderr  # said before the error, as a warning
     assert not (folder / "report").exists()
+
+
+# ------------------------------------------------------------------------------ figures that read true (no training)
+def spread(values: list) -> dict:
+    """A stat as the report stores it, computed here with numpy."""
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+            "n": len(values), "values": values}
+
+
+def step_row(variant: str, before: str, after: str, ap50: list, mr2: list) -> dict:
+    return {"set": "val", "variant": variant, "step": f"{before} → {after}", "from": before, "to": after,
+            "n": len(ap50), "AP50": spread(ap50), "MR2_reasonable": spread(mr2)}
+
+
+def bars_and_labels(ax) -> list[tuple]:
+    """(bar centre, bar height, the label drawn at that centre) for every bar of a bar chart."""
+    from matplotlib.text import Annotation
+    labels = [t for t in ax.texts if isinstance(t, Annotation)]
+    out = []
+    for container in ax.containers:
+        for bar in getattr(container, "patches", []):
+            x = bar.get_x() + bar.get_width() / 2
+            at = [t for t in labels if math.isclose(t.xy[0], x, abs_tol=1e-9)]
+            assert len(at) == 1, (x, [t.get_text() for t in labels])
+            out.append((x, bar.get_height(), at[0]))
+    assert len(out) == len(labels)  # no label without its bar
+    return out
+
+
+def expected_label(values: list, digits: int) -> str:
+    mean = float(np.mean(values))
+    shown = f"{mean:+.{digits}f}"
+    return shown if len(values) == 1 else f"{shown} ± {float(np.std(values, ddof=1)):.{digits}f}"
+
+
+def test_the_conversion_figure_labels_every_bar_and_keeps_a_minimum_span():
+    """A −0.0017 AP50 step is drawn on an axis of at least ±0.01 (±1 MR-2 point), not autoscaled into a
+    cliff, and every bar carries its value as the conversion table shows it."""
+    from services.report.figures import draw_conversion
+    values = {("a", "pt", "onnx"): ([-0.0012, -0.0022], [0.31, 0.52]),
+              ("a", "onnx", "onnx-rknn-head"): ([0.0004, 0.0001], [-0.12, -0.05]),
+              ("b", "pt", "onnx"): ([-0.0007], [0.21])}
+    steps = [step_row(v, a, b, ap, mr) for (v, a, b), (ap, mr) in values.items()]
+    fig, _ = draw_conversion(steps, {"a": [], "b": []}, "val")
+    ap_ax, mr_ax = fig.axes
+    assert ap_ax.get_ylim() == pytest.approx((-0.01, 0.01))
+    assert mr_ax.get_ylim() == pytest.approx((-1.0, 1.0))
+    for ax, column, digits in ((ap_ax, 0, 3), (mr_ax, 1, 2)):
+        shown = bars_and_labels(ax)
+        assert len(shown) == len(values)
+        expected = {round(float(np.mean(v[column])), 9): expected_label(v[column], digits) for v in values.values()}
+        for _, height, label in shown:
+            assert label.get_text().replace("\n", " ") == expected[round(height, 9)]
+
+
+def test_the_conversion_figure_grows_past_the_minimum_span_for_a_real_loss():
+    from services.report.figures import draw_conversion
+    steps = [step_row("a", "onnx-rknn-head", "rknn", [-0.05, -0.062], [4.0, 5.5])]
+    fig, _ = draw_conversion(steps, {"a": []}, "val")
+    for ax, values in zip(fig.axes, ([-0.05, -0.062], [4.0, 5.5])):
+        low, high = ax.get_ylim()
+        whisker = [float(np.mean(values)) + k * float(np.std(values, ddof=1)) for k in (-1, 1)]
+        assert low < min(whisker + [0]) and high > max(whisker + [0]), (ax.get_ylim(), whisker)
+        [(_, _, label)] = bars_and_labels(ax)
+        assert low < label.xy[1] < high
+        assert label.get_text().replace("\n", " ") == expected_label(values, 3 if values[0] < 1 else 2)
+
+
+def write_synthetic_sweep(root: Path, name: str = "syn") -> Path:
+    """A sweep the report can read without a training: 2 variants x 2 seeds x 4 formats on 3 val images
+    (random detections around the ground truth), training curves, and one failed trial."""
+    import hashlib
+
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    yolo = root / "datasets" / "demo" / "yolo"
+    (yolo / "val" / "images").mkdir(parents=True)
+    images, boxes = [], []
+    for i in range(3):
+        Image.new("RGB", (320, 160), (60 * i, 80, 120)).save(yolo / "val" / "images" / f"im{i}.png")
+        images.append({"id": i + 1, "file_name": f"im{i}.png", "im_name": f"im{i}.png", "width": 320, "height": 160})
+        boxes += [{"id": len(boxes) + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0, "area": 2100.0,
+                   "ignore": 0, "bbox": [float(rng.uniform(0, 280)), float(rng.uniform(0, 80)), 30.0, 70.0]}
+                  for _ in range(2 + i)]
+    truth = json.dumps({"images": images, "annotations": boxes, "categories": [{"id": 1, "name": "person"}]})
+    for f in ("val_coco.json", "val_gt.json"):
+        (yolo / f).write_text(truth)
+    digest = hashlib.sha256(truth.encode()).hexdigest()
+    trials = [{"trial": f"{v}-s{s}", "experiment": f"{name}-{v}-s{s}", "variant": v, "seed": s, "overrides": [],
+               "status": "done"} for v in ("a", "b") for s in (0, 1)]
+    for t in trials:
+        metrics = root / "artifacts" / t["experiment"] / "metrics"
+        metrics.mkdir(parents=True)
+        for k, fmt in enumerate(["pt", "onnx", "onnx-rknn-head", "rknn"]):
+            dets = [{"image_id": b["image_id"], "category_id": 1, "score": float(rng.uniform(0.2, 1)),
+                     "bbox": [b["bbox"][0] + float(rng.uniform(-3, 3)), b["bbox"][1], 30.0, 70.0]}
+                    for b in boxes if rng.random() < 0.85]
+            (metrics / f"val-{fmt}.json").write_text(json.dumps(dets))
+            curve = {"fppi": sorted(rng.uniform(0.001, 5, 20).tolist()),
+                     "miss_rate": sorted(rng.uniform(0.05, 0.9, 20).tolist(), reverse=True)}
+            scored = {"coco": {"AP50": 0.6 - 0.001 * k + float(rng.uniform(0, 0.002)), "AP": 0.3},
+                      "miss_rate": {"Reasonable": 0.4 + float(rng.uniform(0, 0.01)), "All": 0.6},
+                      "mr_fppi_curves": {"Reasonable": curve},
+                      "detections_file": str((metrics / f"val-{fmt}.json").relative_to(root))}
+            (metrics / f"{fmt}.json").write_text(json.dumps({
+                "format": fmt, "model_bytes": 4_000_000 if fmt == "rknn" else 10_600_000,
+                "latency_ms_per_image": {"mean": 20.0 + 5 * k}, "sets": {"val": scored},
+                "settings": {"imgsz_hw": [256, 256], "conf": 0.001, "iou": 0.7, "max_det": 300},
+                "fingerprint": {"evaluator_version": 1, "ground_truth_sha256": {"val": [digest]}},
+                "config": {"dataset": {"name": "demo"}, "train": {"seed": t["seed"]}}}))
+        train = root / "runs" / t["experiment"] / "train"
+        train.mkdir(parents=True)
+        (train / "results.csv").write_text("epoch,train/box_loss,train/cls_loss,metrics/mAP50(B),metrics/mAP50-95(B)\n"
+                                           + "".join(f"{e},{2 / e},{1 / e},{0.1 * e},{0.05 * e}\n" for e in (1, 2, 3)))
+    trials.append({"trial": "a-s2", "experiment": f"{name}-a-s2", "variant": "a", "seed": 2, "overrides": [],
+                   "status": "failed", "stage": "fit", "exit": 2, "log": f"artifacts/{name}/logs/a-s2.log"})
+    (root / "artifacts" / name / "sweep.json").parent.mkdir(parents=True)
+    (root / "artifacts" / name / "sweep.json").write_text(json.dumps(
+        {"sweep": name, "base": "demo", "seeds": [0, 1], "variants": {"a": ["x=1"], "b": ["x=2"]}, "trials": trials}))
+    return root
+
+
+def test_every_figure_has_a_title_and_its_axes_say_their_units(tmp_path):
+    from services.report import figures, runs, tables
+    root = write_synthetic_sweep(tmp_path)
+    loaded, variants, notes, _ = runs.sweep_runs("syn", root)
+    assert len(loaded) == 4 and len(notes) == 1
+    sets = runs.evaluated_sets(loaded)
+    for r in loaded:
+        runs.read_curves(r, root)
+    tables.add_precision_recall_curves(loaded, sets, root)
+    rows, steps = tables.metric_rows(loaded, variants, sets), tables.conversion_steps(loaded, variants, sets)
+    drawn = {}
+    for name, draw in figures.figure_makers(loaded, variants, sets, rows, steps, root, 2, 0.25):
+        drawn[name], _ = draw()
+    assert set(drawn) == FIGURES
+    for name, fig in drawn.items():
+        assert fig.get_suptitle(), name
+        for ax in (ax for ax in fig.axes if ax.get_visible()):
+            assert ax.get_title(), name
+            if ax.axison:  # the example images are pictures, without axes
+                assert ax.get_xlabel() and re.search(r"\(.+\)", ax.get_ylabel()), (name, ax.get_ylabel())
+    xlabels = {name: [ax.get_xlabel() for ax in fig.axes if ax.get_visible()] for name, fig in drawn.items()}
+    ylabels = {name: [ax.get_ylabel() for ax in fig.axes if ax.get_visible()] for name, fig in drawn.items()}
+    assert xlabels["size_latency"] == ["model file (MB)", "latency (ms/image)"]
+    assert ylabels["conversion"] == ["ΔAP50 (0 to 1 scale)", "ΔMR-2 Reasonable (percentage points)"]
+    assert all(x.startswith("false positives per image") for x in xlabels["mr_fppi"])
+    assert all(y == "precision (0 to 1)" for y in ylabels["precision_recall"])
+
+
+def test_a_sweep_report_without_training_writes_every_output(tmp_path):
+    """The whole report in-process on a synthetic sweep: md, LaTeX, json and the html page (from its
+    template) say the same, and a second run with the same inputs replaces the first."""
+    from services.report import report
+    root = write_synthetic_sweep(tmp_path)
+    for _ in range(2):
+        data = report.run_sweep("syn", root=root, examples=1)
+    folder = root / "artifacts" / "syn" / "report"
+    assert not list(folder.parent.glob("report.old-*"))
+    assert {f["name"] for f in data["figures"]} == FIGURES
+    assert data["notes"] == ["trial a-s2 failed at stage 'fit' (exit 2); see artifacts/syn/logs/a-s2.log"]
+    md, page = (folder / "report.md").read_text(), (folder / "report.html").read_text()
+    shown = md_rows(md, "Metrics on val")
+    assert {(r["variant"], r["format"]) for r in shown} == {(v, f) for v in "ab" for f in
+                                                           ("pt", "onnx", "onnx-rknn-head", "rknn")}
+    for row in shown:  # the page's table holds the same cells
+        assert "".join(f"<td>{c}</td>" for c in row.values()) in html.unescape(page)
+    assert page.startswith("<!DOCTYPE html>") and page.endswith("</body></html>\n")
+    assert page.count('src="data:image/png;base64,') == len(FIGURES)
+    assert "<li>trial a-s2 failed at stage &#39;fit&#39; (exit 2); see artifacts/syn/logs/a-s2.log</li>" in page
+    assert re.search(r"^a & pt & 2 & \$0\.\d{3} \\pm 0\.\d{3}\$", (folder / "tables.tex").read_text(), re.M)
+    assert json.loads((folder / "report.json").read_text())["rows"] == json.loads(json.dumps(data["rows"]))
+
+
+def test_the_report_modules_import_each_other_one_way():
+    """Loading runs, computing tables, drawing figures and writing the page: each module imports only
+    the ones before it, so none needs a function-level import to dodge a cycle."""
+    import ast
+    allowed = {"runs": set(), "tables": {"runs"}, "figures": {"runs", "tables"}, "page": {"runs", "tables"},
+               "report": {"runs", "tables", "figures", "page"}, "__main__": {"report"}}
+    folder = ROOT / "services" / "report"
+    assert {p.stem for p in folder.glob("*.py")} - {"__init__"} == set(allowed)
+    for module, may in allowed.items():
+        tree = ast.parse((folder / f"{module}.py").read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                imported |= {node.module} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("services.report"):
+                imported.add(node.module)
+        assert imported <= may, (module, imported - may)

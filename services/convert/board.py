@@ -16,6 +16,7 @@ import jinja2
 
 from services import board as board_runtime
 from services.common import decode, files, manifest, paths
+from services.common.layout import Experiment
 from services.common.log import info
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -48,9 +49,9 @@ def write_bundle(cfg: dict, model: Path, size, layout: str, toolkit_version: str
                  onnx: Path | None = None) -> Path:
     """onnx: the float RKNN-head ONNX the .rknn was built from (default: beside it, <exp>.rknn-head.onnx);
     detect.py runs it with `--backend onnx`, the same pipeline on a PC's CPU."""
-    e, exp = cfg["evaluate"], cfg["experiment"]
-    out = paths.artifacts_dir(exp, root) / "board"
-    onnx = onnx or model.parent / f"{exp}.rknn-head.onnx"
+    e, files_of = cfg["evaluate"], Experiment.of(cfg, root)
+    exp, out = files_of.name, files_of.board
+    onnx = onnx or files_of.rknn_head_onnx
     ours = out.is_dir() and written_by_us(out)
     with files.build_dir(out, same_inputs=ours) as build:
         shutil.copyfile(model, build.path / model.name)

@@ -1,27 +1,37 @@
-"""The report's figures, each written as figures/<name>.pdf (vector, for LaTeX) and .png.
+"""Drawing the report's figures, each written as figures/<name>.pdf (vector, for LaTeX) and .png.
 
 Every curve over several runs is drawn as the mean with a band of ± one sample standard deviation
-(the band only where there are two runs or more)."""
+(the band only where there are two runs or more). Every figure has a title, and every axis says its
+unit. Figures are plain matplotlib Figure objects, not pyplot's: no global figure list to close, and
+no backend to choose (the report runs in terminals, containers and CI, never on a display)."""
 import warnings
 from pathlib import Path
 
 import matplotlib
-import matplotlib.patches
+import numpy as np
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from tqdm import tqdm
 
-matplotlib.use("Agg")  # no display, ever: the report runs in terminals, containers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from services.common import files, paths
 
-from services.common import files, paths  # noqa: E402
+from .runs import STAGE, Run, coco_truth, format_rank, load_detections
+from .tables import STEP_COLUMNS, cell, curve_on_grid, fppi_grid
 
-from .report import FLOAT_FOR_EXAMPLES, Run, coco_truth, format_rank, load_detections  # noqa: E402
-
-MARKERS = {"pt": "o", "onnx": "s", "onnx-rknn-head": "D", "rknn": "^"}
-STYLES = {"pt": "-", "onnx": "--", "onnx-rknn-head": "-.", "rknn": ":"}
-TRAINING = [("train/box_loss", "box loss (train)"), ("train/cls_loss", "class loss (train)"),
-            ("metrics/mAP50(B)", "mAP50 (selection split)"), ("metrics/mAP50-95(B)", "mAP50-95 (selection split)")]
+FLOAT_FOR_EXAMPLES = ("onnx-rknn-head", "onnx", "pt")  # the INT8 model is built from the first
+MARKERS = (("pt", "o"), ("onnx", "s"), ("onnx-rknn-head", "D"), ("rknn", "^"))
+STYLES = (("pt", "-"), ("onnx", "--"), ("onnx-rknn-head", "-."), ("rknn", ":"))
+# results.csv column, panel title, y axis
+TRAINING = (("train/box_loss", "box loss (train)", "loss (unitless)"),
+            ("train/cls_loss", "class loss (train)", "loss (unitless)"),
+            ("metrics/mAP50(B)", "mAP50 (selection split)", "mAP50 (0 to 1)"),
+            ("metrics/mAP50-95(B)", "mAP50-95 (selection split)", "mAP50-95 (0 to 1)"))
+# The conversion figure's panels: key, y axis, and the least the axis shows either side of 0. A step
+# that changes AP50 by 0.0015 is noise; drawn on an autoscaled axis it fills the panel like a cliff.
+CONVERSION_PANELS = (("AP50", "AP50, higher is better", "ΔAP50 (0 to 1 scale)", 0.01),
+                     ("MR2_reasonable", "MR-2 Reasonable, lower is better", "ΔMR-2 Reasonable (percentage points)",
+                      1.0))
 EXAMPLE_WIDTH = 1024  # pixels: big frames are shrunk so the PDF stays small
 
 
@@ -29,18 +39,24 @@ class NoFigure(Exception):
     """A figure the runs have no data for; its message says so in the report's notes."""
 
 
+def figure_makers(runs: list[Run], variants: dict, sets: list[str], rows: list[dict], steps: list[dict],
+                  root: Path, examples: int, score: float) -> list[tuple]:
+    """[(name, a function drawing it: () -> (Figure, caption))], in the report's order."""
+    primary = sets[0]
+    return [("training", lambda: draw_training(runs, variants)),
+            ("mr_fppi", lambda: draw_mr_fppi(runs, variants, primary)),
+            ("precision_recall", lambda: draw_precision_recall(runs, variants, rows, primary)),
+            ("conversion", lambda: draw_conversion(steps, variants, primary)),
+            ("size_latency", lambda: draw_size_latency(rows, variants, primary)),
+            ("examples", lambda: draw_examples(runs, root, examples, score))]
+
+
 def draw_all(folder: Path, runs: list[Run], variants: dict, sets: list[str], rows: list[dict], steps: list[dict],
              root: Path, examples: int, score: float) -> tuple[list, list]:
     """Every figure: ([(name, caption)] drawn, [note] for those left out)."""
-    primary = sets[0]
-    makers = [("training", lambda: training(runs, variants)),
-              ("mr_fppi", lambda: mr_fppi(runs, variants, primary)),
-              ("precision_recall", lambda: precision_recall(runs, variants, rows, primary)),
-              ("conversion", lambda: conversion(steps, variants, primary)),
-              ("size_latency", lambda: size_latency(rows, variants, primary)),
-              ("examples", lambda: example_images(runs, root, examples, score))]
+    makers = figure_makers(runs, variants, sets, rows, steps, root, examples, score)
     drawn, skipped = [], []
-    for name, make in tqdm(makers, desc="report: figures", unit="figure", mininterval=0.5, leave=False):
+    for name, make in tqdm(makers, desc=f"{STAGE}: figures", unit="figure", mininterval=0.5, leave=False):
         try:
             fig, caption = make()
         except NoFigure as e:
@@ -51,7 +67,7 @@ def draw_all(folder: Path, runs: list[Run], variants: dict, sets: list[str], row
     return drawn, skipped
 
 
-def save(fig, folder: Path, name: str) -> None:
+def save(fig: Figure, folder: Path, name: str) -> None:
     fig.tight_layout()
     # photographs compress badly: the example images at a lower resolution keep the page light
     dpi = 100 if name == "examples" else 150
@@ -59,11 +75,19 @@ def save(fig, folder: Path, name: str) -> None:
         fig.savefig(tmp, format="pdf", metadata={"CreationDate": None})  # same figure, same bytes
     with files.atomic_path(folder / f"{name}.png") as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
-    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def tab10(i: int):
+    return matplotlib.colormaps["tab10"](i % 10)
 
 
 def colour(variants: dict, variant: str):
-    return plt.get_cmap("tab10")(list(variants).index(variant) % 10)
+    return tab10(list(variants).index(variant))
+
+
+def format_colour(fmt: str):
+    return tab10(format_rank(fmt)[0])
 
 
 def mean_band(ax, x, ys: np.ndarray, color, label: str, style: str = "-") -> None:
@@ -81,7 +105,8 @@ def mean_band(ax, x, ys: np.ndarray, color, label: str, style: str = "-") -> Non
 def panels(count: int, width: float = 4.2, height: float = 3.4, most: int = 3):
     cols = min(count, most)
     rows = -(-count // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig = Figure(figsize=(width * cols, height * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel()[count:]:
         ax.set_visible(False)
     return fig, axes.ravel()
@@ -92,46 +117,38 @@ def n_label(values: list) -> str:
 
 
 # ---------------------------------------------------------------------------------------- the figures
-def training(runs: list[Run], variants: dict):
+def draw_training(runs: list[Run], variants: dict):
     with_curves = [r for r in runs if r.curves]
     if not with_curves:
         raise NoFigure("no training curves were found (runs/<experiment>/train/results.csv)")
     fig, axes = panels(len(TRAINING), most=2)
-    for ax, (column, title) in zip(axes, TRAINING):
+    for ax, (column, title, unit) in zip(axes, TRAINING):
         for variant in variants:
             group = [r for r in with_curves if r.variant == variant]
-            if not group:
-                continue
-            epochs = sorted({int(row["epoch"]) for r in group for row in r.curves})
-            ys = np.full((len(group), len(epochs)), np.nan)
-            for i, r in enumerate(group):
-                for row in r.curves:
-                    if column in row:
-                        ys[i, epochs.index(int(row["epoch"]))] = row[column]
-            mean_band(ax, epochs, ys, colour(variants, variant), f"{variant} ({n_label(group)})")
-        ax.set(title=title, xlabel="epoch")
+            if group:
+                epochs, ys = training_curves(group, column)
+                mean_band(ax, epochs, ys, colour(variants, variant), f"{variant} ({n_label(group)})")
+        ax.set(title=title, xlabel="epoch", ylabel=unit)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    fig.suptitle("Training curves (mean ± one std over seeds)")
     caption = ("Training curves from ultralytics' results.csv: mean over each variant's seeds with a band of ± one "
                "sample standard deviation; the mAP is ultralytics' own, on the selection split that picks best.pt.")
     return fig, caption
 
 
-FPPI_GRID = np.logspace(-3, 1, 241)
+def training_curves(group: list[Run], column: str) -> tuple[list[int], np.ndarray]:
+    """The epochs any run of the group has, and one row per run of `column` at them (NaN where missing)."""
+    epochs = sorted({int(row["epoch"]) for r in group for row in r.curves})
+    ys = np.full((len(group), len(epochs)), np.nan)
+    for i, r in enumerate(group):
+        for row in r.curves:
+            if column in row:
+                ys[i, epochs.index(int(row["epoch"]))] = row[column]
+    return epochs, ys
 
 
-def curve_on_grid(fppi: list, miss: list) -> np.ndarray:
-    """A run's MR-FPPI step curve read at FPPI_GRID: at each FPPI the miss rate of the last point not
-    beyond it (1 before the first false positive), NaN past the run's last point (no detections left)."""
-    fppi, miss = np.asarray(fppi, dtype=float), np.asarray(miss, dtype=float)
-    if fppi.size == 0:
-        return np.full(FPPI_GRID.shape, np.nan)
-    k = np.searchsorted(fppi, FPPI_GRID, side="right") - 1
-    out = np.where(k >= 0, miss[np.clip(k, 0, None)], 1.0)
-    return np.where(FPPI_GRID > fppi[-1], np.nan, out)
-
-
-def mr_fppi(runs: list[Run], variants: dict, set_name: str, setup: str = "Reasonable"):
+def draw_mr_fppi(runs: list[Run], variants: dict, set_name: str, setup: str = "Reasonable"):
     have = [r for r in runs if any((m["sets"].get(set_name) or {}).get("mr_fppi_curves") for m in r.metrics.values())]
     if not have:
         raise NoFigure(f"no MR-FPPI curves on set {set_name} (the miss rate is defined on CityPersons' val only)")
@@ -147,19 +164,20 @@ def mr_fppi(runs: list[Run], variants: dict, set_name: str, setup: str = "Reason
             ys = np.array([curve_on_grid(s["mr_fppi_curves"][setup]["fppi"], s["mr_fppi_curves"][setup]["miss_rate"])
                            for s in scored])
             mr = [100 * s["miss_rate"][setup] for s in scored]
-            mean_band(ax, FPPI_GRID, ys, plt.get_cmap("tab10")(format_rank(fmt)[0] % 10),
-                      f"{fmt}: MR-2 {np.mean(mr):.1f} % (n={len(mr)})", STYLES.get(fmt, "-"))
+            mean_band(ax, fppi_grid(), ys, format_colour(fmt), f"{fmt}: MR-2 {np.mean(mr):.1f} % (n={len(mr)})",
+                      dict(STYLES).get(fmt, "-"))
         ax.axvspan(1e-2, 1, color="0.9", zorder=0)
         ax.set(xscale="log", yscale="log", xlim=(1e-3, 10), ylim=(0.02, 1.05), title=f"{variant}",
-               xlabel="false positives per image", ylabel=f"miss rate ({setup})")
+               xlabel="false positives per image (log)", ylabel=f"miss rate, {setup} (0 to 1, log)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"Miss rate against false positives per image on {set_name} ({setup})")
     caption = (f"Miss rate against false positives per image on {set_name} ({setup} setup), per format; mean over "
                f"seeds with ± one std. MR-2 averages the miss rate at 9 points in the shaded range [0.01, 1].")
     return fig, caption
 
 
-def precision_recall(runs: list[Run], variants: dict, rows: list[dict], set_name: str):
+def draw_precision_recall(runs: list[Run], variants: dict, rows: list[dict], set_name: str):
     fig, axes = panels(len(variants))
     recall = np.linspace(0, 1, 101)
     for ax, variant in zip(axes, variants):
@@ -170,72 +188,102 @@ def precision_recall(runs: list[Run], variants: dict, rows: list[dict], set_name
                 continue
             ap = next(x["AP50"]["mean"] for x in rows
                       if (x["variant"], x["format"], x["set"]) == (variant, fmt, set_name))
-            mean_band(ax, recall, ys, plt.get_cmap("tab10")(format_rank(fmt)[0] % 10),
-                      f"{fmt}: AP50 {ap:.3f} (n={len(ys)})", STYLES.get(fmt, "-"))
-        ax.set(xlim=(0, 1), ylim=(0, 1.02), title=variant, xlabel="recall", ylabel="precision")
+            mean_band(ax, recall, ys, format_colour(fmt), f"{fmt}: AP50 {ap:.3f} (n={len(ys)})",
+                      dict(STYLES).get(fmt, "-"))
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), title=variant, xlabel="recall (0 to 1)", ylabel="precision (0 to 1)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"Precision against recall at IoU 0.5 on {set_name}")
     caption = (f"Precision against recall at IoU 0.5 on {set_name} (the curve COCO's AP50 averages, 101 recall "
                f"points, up to 100 detections per image), per format; mean over seeds with ± one std.")
     return fig, caption
 
 
-def conversion(steps: list[dict], variants: dict, set_name: str):
+def draw_conversion(steps: list[dict], variants: dict, set_name: str):
     steps = [s for s in steps if s["set"] == set_name]
     if not steps:
         raise NoFigure("no conversion step: each run has one format only")
     names = list(dict.fromkeys(s["step"] for s in sorted(steps, key=lambda s: format_rank(s["to"]))))
     shown = [v for v in variants if any(s["variant"] == v for s in steps)]
-    fig, axes = plt.subplots(1, 2, figsize=(5 + 1.2 * len(names), 3.8))
-    width = 0.8 / len(shown)
-    for ax, (key, label) in zip(axes, [("AP50", "ΔAP50"), ("MR2_reasonable", "ΔMR-2 Reasonable (points)")]):
+    fig = Figure(figsize=(5 + 1.2 * len(names), 3.8))
+    axes = fig.subplots(1, 2)
+    digits = {key: d for key, _, _, d in STEP_COLUMNS}
+    for ax, (key, title, unit, span) in zip(axes, CONVERSION_PANELS):
+        ends = []
         for i, variant in enumerate(shown):
             for j, name in enumerate(names):
                 s = next((s for s in steps if (s["variant"], s["step"]) == (variant, name)), None)
                 if s is None or s[key]["mean"] is None:
                     continue
-                ax.bar(j + (i - (len(shown) - 1) / 2) * width, s[key]["mean"], width, yerr=s[key]["std"] or 0,
-                       color=colour(variants, variant), capsize=3, label=variant if j == 0 else None)
+                x = j + (i - (len(shown) - 1) / 2) * 0.8 / len(shown)
+                ends.append(draw_step_bar(ax, x, 0.8 / len(shown), s[key], digits[key], colour(variants, variant),
+                                          variant if j == 0 else None))
+        keep_span(ax, ends, span)
         ax.axhline(0, color="0.3", linewidth=0.8)
         ax.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
-        ax.set_ylabel(label)
+        ax.set(title=title, xlabel="conversion step", ylabel=unit)
         ax.grid(alpha=0.3, axis="y")
     if len(shown) > 1:
         axes[0].legend(fontsize=8)
+    fig.suptitle(f"What each conversion step costs on {set_name} (AP50 down or MR-2 up is a loss)")
     caption = (f"What each conversion step costs on {set_name}: each format against the one before it (pt → onnx → "
                f"onnx-rknn-head → rknn INT8), paired seed by seed; bars are the mean, whiskers ± one std. A lower "
                f"AP50 or a higher miss rate is a loss.")
     return fig, caption
 
 
-def size_latency(rows: list[dict], variants: dict, set_name: str):
+def draw_step_bar(ax, x: float, width: float, st: dict, digits: int, color, label) -> float:
+    """One step's bar with its whisker and, beyond the whisker, its value as the table shows it (the
+    spread on a second line: bars of several variants side by side are narrow). Returns where the
+    whisker ends (the axis must hold it)."""
+    std = st["std"] or 0
+    ax.bar(x, st["mean"], width, yerr=std, color=color, capsize=3, label=label)
+    up = st["mean"] >= 0
+    end = st["mean"] + std if up else st["mean"] - std
+    ax.annotate(cell(st, digits, sign=True).replace(" ± ", "\n± "), (x, end), xytext=(0, 2 if up else -2),
+                textcoords="offset points", ha="center", va="bottom" if up else "top", fontsize=6.5, linespacing=1)
+    return end
+
+
+def keep_span(ax, ends: list[float], span: float) -> None:
+    """Y limits that hold every whisker with room for its value, and at least ±span around 0."""
+    lo, hi = min([0.0, *ends]), max([0.0, *ends])
+    pad = 0.25 * (hi - lo)  # the printed values (two lines) sit beyond the whiskers
+    ax.set_ylim(min(lo - pad, -span), max(hi + pad, span))
+
+
+def draw_size_latency(rows: list[dict], variants: dict, set_name: str):
     rows = [r for r in rows if r["set"] == set_name]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (key, label) in zip(axes, [("model_mb", "model file (MB)"), ("latency_ms", "latency (ms/image)")]):
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
+    markers = dict(MARKERS)
+    for ax, (key, title, label) in zip(axes, [("model_mb", "size", "model file (MB)"),
+                                              ("latency_ms", "latency", "latency (ms/image)")]):
         for r in rows:
             x, y = r[key], r["AP50"]
             if x["mean"] is None or y["mean"] is None:
                 continue
-            ax.errorbar(x["mean"], y["mean"], xerr=x["std"] or 0, yerr=y["std"] or 0, fmt=MARKERS.get(r["format"], "o"),
+            ax.errorbar(x["mean"], y["mean"], xerr=x["std"] or 0, yerr=y["std"] or 0, fmt=markers.get(r["format"], "o"),
                         color=colour(variants, r["variant"]), capsize=3, markersize=7, alpha=0.85)
-        ax.set(xlabel=label, ylabel=f"AP50 ({set_name})")
+        ax.set(title=title, xlabel=label, ylabel=f"AP50 on {set_name} (0 to 1)")
         ax.grid(alpha=0.3)
     # marker: the format; colour: the variant (labels beside the points would overlap: onnx and its
     # RKNN-head twin have the same size)
     fmts = sorted({r["format"] for r in rows}, key=format_rank)
-    handles = [Line2D([], [], marker=MARKERS.get(f, "o"), linestyle="", color="0.3", label=f) for f in fmts]
+    handles = [Line2D([], [], marker=markers.get(f, "o"), linestyle="", color="0.3", label=f) for f in fmts]
     if len(variants) > 1:
-        handles += [matplotlib.patches.Patch(color=colour(variants, v), label=v) for v in variants]
+        handles += [Patch(color=colour(variants, v), label=v) for v in variants]
     axes[1].legend(handles=handles, fontsize=8, loc="best")
+    fig.suptitle(f"AP50 against model size and latency on {set_name}")
     caption = ("AP50 against the size of each format's model file and against its latency (read, letterbox, "
                "inference, decode, NMS on the machine that evaluated it; rknn: the toolkit's simulator on x86, "
                "not the board's NPU); mean ± one std over seeds.")
     return fig, caption
 
 
-def example_images(runs: list[Run], root: Path, count: int, score: float):
+# ---------------------------------------------------------------------------------------- example images
+def draw_examples(runs: list[Run], root: Path, count: int, score: float):
     """The same val images with the float model's and the INT8 model's detections side by side."""
-    import cv2
     if count == 0:
         raise NoFigure("no example images asked for (--examples 0)")
     run = runs[0]
@@ -243,8 +291,35 @@ def example_images(runs: list[Run], root: Path, count: int, score: float):
     columns = floats[:1] + (["rknn"] if "rknn" in run.metrics and "val" in run.metrics["rknn"]["sets"] else [])
     if not columns:
         raise NoFigure(f"{run.experiment} has no model evaluated on the val set")
-    m = run.metrics[columns[0]]
-    yolo = coco_truth(m, "val", root).parent
+    yolo = coco_truth(run.metrics[columns[0]], "val", root).parent
+    chosen, boxes = busiest_images(yolo, root, count)
+    dets = {f: load_detections(run.metrics[f], "val", root) for f in columns}
+    first = read_image(yolo / "val" / "images" / chosen[0]["im_name"], root, must=False)
+    aspect = first.shape[0] / first.shape[1] if first is not None else 0.5
+    fig = Figure(figsize=(6 * len(columns), 6 * aspect * len(chosen) + 0.8))
+    axes = fig.subplots(len(chosen), len(columns), squeeze=False)
+    for row, im in zip(axes, chosen):
+        image = read_image(yolo / "val" / "images" / im["im_name"], root)
+        scale = min(1.0, EXAMPLE_WIDTH / image.shape[1])
+        if scale < 1:
+            import cv2
+            image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        for ax, fmt in zip(row, columns):
+            shown = [d for d in dets[fmt] if d["image_id"] == im["id"] and d["score"] >= score]
+            draw_detections(ax, image, boxes.get(im["id"], []), shown, scale)
+            kind = "INT8 (rknn, simulator)" if fmt == "rknn" else f"float ({fmt})"
+            ax.set_title(f"{im['im_name']}: {kind}, {len(shown)} detection(s)", fontsize=8)
+    sides = ("the float model left, the INT8 RKNN model right" if len(columns) == 2 else
+             f"the {columns[0]} model only (no rknn metrics)")
+    fig.suptitle(f"Float and INT8 detections on val images of {run.experiment}", fontsize=10)
+    caption = (f"Val images of {run.experiment} (the scenes with the most people), {sides}: ground truth dashed "
+               f"green (ignored regions grey), detections with score ≥ {score:g} in red.")
+    return fig, caption
+
+
+def busiest_images(yolo: Path, root: Path, count: int) -> tuple[list[dict], dict]:
+    """The `count` val images with the most people who count (not ignored), then the image id; and
+    image id -> its ground-truth boxes."""
     gt_file = yolo / "val_gt.json"
     gt = files.read_json(gt_file)
     if not gt:
@@ -252,38 +327,28 @@ def example_images(runs: list[Run], root: Path, count: int, score: float):
     boxes = {}
     for a in gt["annotations"]:
         boxes.setdefault(a["image_id"], []).append(a)
-    # the busiest scenes show the most: most people who count (not ignored), then the image id
     chosen = sorted(gt["images"], key=lambda im: (-sum(not a.get("ignore") for a in boxes.get(im["id"], [])),
                                                   im["id"]))[:count]
-    dets = {f: load_detections(run.metrics[f], "val", root) for f in columns}
-    first = cv2.imread(str(yolo / "val" / "images" / chosen[0]["im_name"]))
-    aspect = first.shape[0] / first.shape[1] if first is not None else 0.5
-    fig, axes = plt.subplots(len(chosen), len(columns), figsize=(6 * len(columns), 6 * aspect * len(chosen) + 0.8),
-                             squeeze=False)
-    for row, im in zip(axes, chosen):
-        path = yolo / "val" / "images" / im["im_name"]
-        image = cv2.imread(str(path))
-        if image is None:
-            raise NoFigure(f"{paths.rel(path, root)} cannot be read; `make dataset` builds it again")
-        scale = min(1.0, EXAMPLE_WIDTH / image.shape[1])
-        if scale < 1:
-            image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        for ax, fmt in zip(row, columns):
-            ax.imshow(image[:, :, ::-1])
-            for a in boxes.get(im["id"], []):
-                x, y, w, h = (v * scale for v in a["bbox"])
-                ax.add_patch(plt.Rectangle((x, y), w, h, fill=False, linestyle="--", linewidth=1,
-                                           edgecolor="0.6" if a.get("ignore") else "lime"))
-            shown = [d for d in dets[fmt] if d["image_id"] == im["id"] and d["score"] >= score]
-            for d in shown:
-                x, y, w, h = (v * scale for v in d["bbox"])
-                ax.add_patch(plt.Rectangle((x, y), w, h, fill=False, linewidth=1.2, edgecolor="red"))
-                ax.text(x, y - 2, f"{d['score']:.2f}", color="red", fontsize=6)
-            kind = "INT8 (rknn, simulator)" if fmt == "rknn" else f"float ({fmt})"
-            ax.set_title(f"{im['im_name']}: {kind}, {len(shown)} detection(s)", fontsize=8)
-            ax.axis("off")
-    sides = ("the float model left, the INT8 RKNN model right" if len(columns) == 2 else
-             f"the {columns[0]} model only (no rknn metrics)")
-    caption = (f"Val images of {run.experiment} (the scenes with the most people), {sides}: ground truth dashed "
-               f"green (ignored regions grey), detections with score ≥ {score:g} in red.")
-    return fig, caption
+    return chosen, boxes
+
+
+def read_image(path: Path, root: Path, must: bool = True):
+    import cv2
+    image = cv2.imread(str(path))
+    if image is None and must:
+        raise NoFigure(f"{paths.rel(path, root)} cannot be read; `make dataset` builds it again")
+    return image
+
+
+def draw_detections(ax, image, truth: list[dict], shown: list[dict], scale: float) -> None:
+    """One image (BGR) with its ground truth dashed and the detections in red with their scores."""
+    ax.imshow(image[:, :, ::-1])
+    for a in truth:
+        x, y, w, h = (v * scale for v in a["bbox"])
+        ax.add_patch(Rectangle((x, y), w, h, fill=False, linestyle="--", linewidth=1,
+                               edgecolor="0.6" if a.get("ignore") else "lime"))
+    for d in shown:
+        x, y, w, h = (v * scale for v in d["bbox"])
+        ax.add_patch(Rectangle((x, y), w, h, fill=False, linewidth=1.2, edgecolor="red"))
+        ax.text(x, y - 2, f"{d['score']:.2f}", color="red", fontsize=6)
+    ax.axis("off")
