@@ -10,7 +10,9 @@ artifacts/<exp>/
   models/<exp>_<dtype>_<platform>.rknn       the RKNN model, and <stem>.manifest.json beside it
   metrics/<format>.json, <format>.<set>.detections.json, summary.md, export.json, quantization.json
   rknn/                                      the toolkit's log, calibration and analysis inputs
-  board/                                     the bundle for the board
+  board/                                     the bundle for the board (board/bundle.json: what it holds)
+  board-reports/*.json                       detect.py's board_report.json, copied back from the board
+                                             (one per --cores setting); the report reads them
   predict/<format>/                          drawn detections
   report/                                    the report of this experiment (or sweep)
 runs/<exp>/train/                            ultralytics' run folder (TensorBoard reads runs/)
@@ -99,6 +101,16 @@ class Experiment:
     @property
     def board(self) -> Path:
         return self.artifacts / "board"
+
+    @property
+    def bundle_manifest(self) -> Path:
+        return self.board / "bundle.json"
+
+    @property
+    def board_reports(self) -> Path:
+        # beside the bundle, not inside it: the next conversion moves a bundle folder holding files
+        # it did not write aside, and the measurements would go with it
+        return self.artifacts / "board-reports"
 
     def predict(self, fmt: str) -> Path:
         return self.artifacts / "predict" / fmt

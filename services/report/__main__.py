@@ -3,10 +3,11 @@
     python -m services.report --config configs/<exp>.yaml [--experiment NAME] [--examples N] [--score S]
     python -m services.report --sweep <name> [--examples N] [--score S]
 
-Reads what the stages wrote (metrics, detections, training curves) for one experiment, or for every
-trial of a sweep, and writes artifacts/<NAME>/report/: report.md, report.html (one self-contained
-page), tables.tex (booktabs), report.json and figures/*.pdf, *.png. Every figure is the mean and
-sample standard deviation over a variant's seeds, with n.
+Reads what the stages wrote (metrics, detections, training curves), and the board reports copied back
+into artifacts/<exp>/board-reports/, for one experiment, or for every trial of a sweep, and writes
+artifacts/<NAME>/report/: report.md, report.html (one self-contained page), tables.tex (booktabs),
+report.json and figures/*.pdf, *.png. Every figure is the mean and sample standard deviation over a
+variant's seeds, with n.
 """
 import argparse
 import sys

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from services.common import files, paths
 
 from .runs import STAGE, Run, coco_truth, format_rank, load_detections
-from .tables import STEP_COLUMNS, cell, curve_on_grid, fppi_grid
+from .tables import STEP_COLUMNS, board_latency, board_rows, cell, curve_on_grid, fppi_grid
 
 FLOAT_FOR_EXAMPLES = ("onnx-rknn-head", "onnx", "pt")  # the INT8 model is built from the first
 MARKERS = (("pt", "o"), ("onnx", "s"), ("onnx-rknn-head", "D"), ("rknn", "^"))
@@ -47,7 +47,7 @@ def figure_makers(runs: list[Run], variants: dict, sets: list[str], rows: list[d
             ("mr_fppi", lambda: draw_mr_fppi(runs, variants, primary)),
             ("precision_recall", lambda: draw_precision_recall(runs, variants, rows, primary)),
             ("conversion", lambda: draw_conversion(steps, variants, primary)),
-            ("size_latency", lambda: draw_size_latency(rows, variants, primary)),
+            ("size_latency", lambda: draw_size_latency(rows, board_rows(runs, variants, primary), variants, primary)),
             ("examples", lambda: draw_examples(runs, root, examples, score))]
 
 
@@ -252,33 +252,55 @@ def keep_span(ax, ends: list[float], span: float) -> None:
     ax.set_ylim(min(lo - pad, -span), max(hi + pad, span))
 
 
-def draw_size_latency(rows: list[dict], variants: dict, set_name: str):
+def draw_size_latency(rows: list[dict], board: list[dict], variants: dict, set_name: str):
+    """AP50 against model size, and against latency: measured on the board where a board report
+    says so (filled markers), else the evaluator's on x86 (hollow: an estimate, labelled so)."""
     rows = [r for r in rows if r["set"] == set_name]
     fig = Figure(figsize=(10, 4))
-    axes = fig.subplots(1, 2)
-    markers = dict(MARKERS)
-    for ax, (key, title, label) in zip(axes, [("model_mb", "size", "model file (MB)"),
-                                              ("latency_ms", "latency", "latency (ms/image)")]):
-        for r in rows:
-            x, y = r[key], r["AP50"]
-            if x["mean"] is None or y["mean"] is None:
-                continue
-            ax.errorbar(x["mean"], y["mean"], xerr=x["std"] or 0, yerr=y["std"] or 0, fmt=markers.get(r["format"], "o"),
-                        color=colour(variants, r["variant"]), capsize=3, markersize=7, alpha=0.85)
-        ax.set(title=title, xlabel=label, ylabel=f"AP50 on {set_name} (0 to 1)")
+    size_ax, latency_ax = fig.subplots(1, 2)
+    for r in rows:
+        plot_point(size_ax, r["model_mb"], r, variants, filled=True)
+        measured = board_latency(board, r["variant"], r["format"])
+        plot_point(latency_ax, (measured or r)["latency_ms"], r, variants, filled=measured is not None)
+    size_ax.set(title="size", xlabel="model file (MB)")
+    latency_ax.set(title="latency: board, or x86 estimate (hollow)", xlabel="latency (ms/image)")
+    for ax in (size_ax, latency_ax):
+        ax.set(ylabel=f"AP50 on {set_name} (0 to 1)")
         ax.grid(alpha=0.3)
-    # marker: the format; colour: the variant (labels beside the points would overlap: onnx and its
-    # RKNN-head twin have the same size)
+    latency_ax.legend(handles=legend_handles(rows, variants), fontsize=7, loc="best")
+    fig.suptitle(f"AP50 against model size and latency on {set_name}")
+    on_board = sorted({b["measured_on"] for b in board if b["on_board"]})
+    measured = (f"filled markers: measured on the board ({', '.join(on_board)}; detect.py's read + pre-process + "
+                f"NPU + post-process per frame, the whole frame on the fewest NPU cores measured)" if on_board else
+                "no latency was measured on the board")
+    caption = (f"AP50 against the size of each format's model file and against its latency; {measured}; hollow "
+               f"markers: an estimate, the evaluator's latency on x86 (read, letterbox, inference, decode, NMS; "
+               f"rknn: the toolkit's simulator, not the board's NPU). Mean ± one std over seeds.")
+    return fig, caption
+
+
+def plot_point(ax, x: dict, r: dict, variants: dict, filled: bool) -> None:
+    """A variant x format's point at AP50 against `x` (a stat), with ± one std either way."""
+    y = r["AP50"]
+    if x["mean"] is None or y["mean"] is None:
+        return
+    color = colour(variants, r["variant"])
+    ax.errorbar(x["mean"], y["mean"], xerr=x["std"] or 0, yerr=y["std"] or 0, fmt=dict(MARKERS).get(r["format"], "o"),
+                color=color, markerfacecolor=color if filled else "none", capsize=3, markersize=7, alpha=0.85)
+
+
+def legend_handles(rows: list[dict], variants: dict) -> list:
+    """Marker: the format; colour: the variant; filled or hollow: measured on the board or estimated
+    (labels beside the points would overlap: onnx and its RKNN-head twin have the same size)."""
+    markers = dict(MARKERS)
     fmts = sorted({r["format"] for r in rows}, key=format_rank)
     handles = [Line2D([], [], marker=markers.get(f, "o"), linestyle="", color="0.3", label=f) for f in fmts]
+    handles += [Line2D([], [], marker="o", linestyle="", color="0.3", label="measured on the board"),
+                Line2D([], [], marker="o", linestyle="", color="0.3", markerfacecolor="none",
+                       label="estimate (x86; rknn: simulator)")]
     if len(variants) > 1:
         handles += [Patch(color=colour(variants, v), label=v) for v in variants]
-    axes[1].legend(handles=handles, fontsize=8, loc="best")
-    fig.suptitle(f"AP50 against model size and latency on {set_name}")
-    caption = ("AP50 against the size of each format's model file and against its latency (read, letterbox, "
-               "inference, decode, NMS on the machine that evaluated it; rknn: the toolkit's simulator on x86, "
-               "not the board's NPU); mean ± one std over seeds.")
-    return fig, caption
+    return handles
 
 
 # ---------------------------------------------------------------------------------------- example images

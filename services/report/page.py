@@ -9,13 +9,22 @@ from types import MappingProxyType
 import jinja2
 
 from .runs import Run
-from .tables import metrics_table, runs_table, steps_table
+from .tables import board_table, metrics_table, runs_table, steps_table
 
 LEGEND = ("Mean ± sample standard deviation over a variant's seeds (n runs; one run: the value alone). "
           "AP50, AP50-95: pycocotools COCO bbox AP. MR-2: the official CityPersons log-average miss rate, "
           "lower is better (n/a where it is not defined). MB: the model file. ms/image: read, letterbox, "
           "inference, decode and NMS on the machine that evaluated it (rknn: the toolkit's simulator on x86, "
           "not the board).")
+BOARD_LEGEND = ("Measured by the board runtime (detect.py's board_report.json, copied back into "
+                "artifacts/<experiment>/board-reports/): the mean per frame of each stage in ms (read, pre-process, "
+                "inference, post-process) and their sum, and the throughput in frames/s over the run; mean ± sample "
+                "std over the reports (n). Tiles: detect.py --tiles (1: the whole frame). Measured on: the board's "
+                "NPU (the rknn backend), or a CPU with onnxruntime (detect.py --backend onnx: its NPU column is the "
+                "CPU's inference, not the board's). AP50 and MR-2: the evaluation of the format that ran (rknn: the "
+                "toolkit's simulator).")
+NO_BOARD = ("No board report: every latency here is the evaluator's on x86 (rknn: the toolkit's simulator). "
+            "Copy detect.py's board_report.json into artifacts/<experiment>/board-reports/ (docs/board.md).")
 TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -38,7 +47,9 @@ def markdown(data: dict, runs: list[Run]) -> str:
                     "Each format against the one before it in pt → onnx → onnx-rknn-head → rknn (INT8), "
                     "paired run by run; MR-2 in percentage points (negative is better).", ""]
             out += md_table(*steps_table(data["conversion"], s)) + [""]
-    out += ["## Figures", ""]
+    out += ["## Board measurements", ""]
+    out += ([BOARD_LEGEND, ""] + md_table(*board_table(data["board"]))) if data["board"] else [NO_BOARD]
+    out += ["", "## Figures", ""]
     for f in data["figures"]:
         out += [f"![{f['name']}](figures/{f['name']}.png)", "", f"*{f['caption']}*", ""]
     if data["notes"]:
@@ -83,15 +94,22 @@ def latex(data: dict) -> str:
                           f"(MR-2 in percentage points; n runs).")
             out += tabular(["variant", "step", "n", "ΔAP50", "ΔMR-2 Reasonable"], body, caption,
                            f"{label}-conversion-{s}")
+    if data["board"]:
+        headers, body = board_table(data["board"], tex=True)
+        caption = tex(f"{data['name']}: latency per frame of each stage (ms, mean) and throughput, measured by "
+                      f"detect.py; measured on: the board's NPU, or a CPU with onnxruntime (not the board). AP50 "
+                      f"and MR-2 on {data['board'][0]['set']}: the evaluation of the format that ran.")
+        out += tabular(headers, body, caption, f"{label}-board", lefts=4)
     return "\n".join(out)
 
 
-def tabular(headers: list[str], body: list[list], caption: str, tag: str, top: str = "") -> list[str]:
-    """One booktabs table; cells already in LaTeX (`$...$`) are kept, the others escaped."""
+def tabular(headers: list[str], body: list[list], caption: str, tag: str, top: str = "", lefts: int = 2) -> list[str]:
+    """One booktabs table, its first `lefts` columns text (left), the others numbers (right); cells
+    already in LaTeX (`$...$`) are kept, the others escaped."""
     # \footnotesize and narrower gaps: nine columns of `mean ± std` fit an article's text width
     return [r"\begin{table}[htbp]", r"\centering", r"\footnotesize", r"\setlength{\tabcolsep}{4pt}",
             rf"\caption{{{caption}}}", rf"\label{{tab:{tag}}}",
-            rf"\begin{{tabular}}{{ll{'r' * (len(headers) - 2)}}}", r"\toprule", *([top] if top else []),
+            rf"\begin{{tabular}}{{{'l' * lefts}{'r' * (len(headers) - lefts)}}}", r"\toprule", *([top] if top else []),
             " & ".join(tex(h) for h in headers) + r" \\", r"\midrule"] + \
            [" & ".join(c if c.startswith("$") else tex(c) for c in map(str, r)) + r" \\" for r in body] + \
            [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
@@ -110,6 +128,9 @@ def html_page(data: dict, runs: list[Run], fig_dir: Path) -> str:
     figures = [{"name": f["name"], "caption": f["caption"],
                 "png": base64.b64encode((fig_dir / f"{f['name']}.png").read_bytes()).decode()}
                for f in data["figures"]]
+    board = {"legend": NO_BOARD, "table": None}
+    if data["board"]:
+        board = {"legend": BOARD_LEGEND, "table": board_table(data["board"])}
     return env.get_template("report.html.j2").render(
         title=f"Report: {data['kind']} {data['name']}", legend=LEGEND, variants=variants, runs=runs_table(runs),
-        sets=sets, figures=figures, notes=data["notes"])
+        sets=sets, board=board, figures=figures, notes=data["notes"])

@@ -9,7 +9,10 @@ artifacts/<NAME>/report/      NAME: the experiment, or the sweep
 
 Numbers are the mean and the sample standard deviation (ddof=1) over a variant's runs (its seeds), with
 n; one run is a valid report (n = 1, no std). Runs are averaged only when they were evaluated with the
-same settings: the report refuses otherwise, naming the keys.
+same settings: the report refuses otherwise, naming the keys. The board's own measurements
+(detect.py's board_report.json, copied back into artifacts/<exp>/board-reports/) are shown beside the
+accuracy of the model they measured; one measured with another model than the experiment's bundle
+holds is refused, naming both.
 
 The steps, one module each, none importing a later one: runs.py loads and checks what the stages
 wrote, tables.py computes the numbers, figures.py draws, page.py writes md, LaTeX and html. This
@@ -22,7 +25,7 @@ from services.common.log import info, table
 
 from . import figures, page, tables
 from .runs import STAGE, Run, check_inputs, check_settings, evaluated_sets, experiment_run, metrics_files, \
-    read_curves, sweep_runs
+    read_board_reports, read_curves, sweep_runs
 
 
 def run_experiment(cfg: dict, root: Path = paths.ROOT, examples: int = 3, score: float = 0.25) -> dict:
@@ -46,6 +49,7 @@ def build(name: str, kind: str, runs: list[Run], variants: dict, notes: list[str
 
     tables.add_precision_recall_curves(runs, sets, root)
     rows, steps = tables.metric_rows(runs, variants, sets), tables.conversion_steps(runs, variants, sets)
+    board = tables.board_rows(runs, variants, sets[0])
     fingerprint = {"inputs": {paths.rel(p, root): files.sha256_file(p) for p in sorted(set(used))},
                    "options": {"examples": examples, "score": score}}
     final = paths.artifacts_dir(name, root) / "report"
@@ -57,7 +61,7 @@ def build(name: str, kind: str, runs: list[Run], variants: dict, notes: list[str
         data = {"name": name, "kind": kind, "sets": sets, "variants": variants,
                 "runs": [{"trial": r.trial, "experiment": r.experiment, "variant": r.variant, "seed": r.seed,
                           "formats": list(r.metrics)} for r in runs],
-                "rows": rows, "conversion": steps, "notes": notes + skipped,
+                "rows": rows, "conversion": steps, "board": board, "notes": notes + skipped,
                 "figures": [{"name": f, "caption": c} for f, c in drawn],
                 "fingerprint": fingerprint}
         write_pages(b.path, data, runs)
@@ -71,11 +75,12 @@ def build(name: str, kind: str, runs: list[Run], variants: dict, notes: list[str
 
 def input_files(runs: list[Run], root: Path, sets: list[str], inputs: list[Path]) -> list[Path]:
     """Every file the report reads (its fingerprint), checked before any work is done; reads the
-    training curves into the runs on the way."""
+    training curves and the board reports into the runs on the way."""
     used = list(inputs) + check_inputs(runs, root, sets)
     for r in runs:
         used += [p for p in [read_curves(r, root)] if p]
         used += metrics_files(r, root)
+        used += read_board_reports(r, root)
     return used
 
 
@@ -91,3 +96,5 @@ def print_summary(data: dict, rows: list[dict]) -> None:
     primary = data["sets"][0]
     over = " (mean ± sample std over seeds)" if data["kind"] == "sweep" else ""
     print(table(*tables.summary_table(rows, primary), title=f"\n{data['kind']} {data['name']}, set {primary}{over}"))
+    if data["board"]:
+        print(table(*tables.board_table(data["board"]), title="\nmeasured by detect.py (ms per frame, frames/s)"))

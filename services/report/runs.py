@@ -1,5 +1,6 @@
 """Loading what the stages wrote: the runs of an experiment or a sweep, their metrics, detections and
-training curves, and the checks that they can be averaged and reported together.
+training curves, the board reports copied back from the board, and the checks that they can be
+averaged and reported together.
 
 The bottom of the report: it imports nothing else of the report, so the tables, the figures and the
 page can all read runs without importing each other."""
@@ -9,10 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common import config, files, paths
-from services.common.log import UserError, reading, warn
+from services.common.layout import Experiment
+from services.common.log import UserError, read_json_object, reading, warn
 
 STAGE = "report"
 FORMAT_ORDER = ("pt", "onnx", "onnx-rknn-head", "rknn")
+# board_report.json (services/board/detect.py): the fields read, and the stages of the pipeline shown
+BOARD_FIELDS = ("backend", "cores", "model", "frames", "latency_ms", "throughput_fps", "platform", "bundle")
+BOARD_STAGES = ("read", "pre", "npu", "post")
+# What names the model a board report measured, as bundle.json records it and the board report copies
+# it: the names alone repeat when an experiment is trained and converted again, the time its bundle was
+# built does not (the convert stage writes the bundle once per .rknn it builds).
+MODEL_KEYS = ("experiment", "model", "onnx", "built")
+X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 
 
 @dataclass
@@ -25,6 +35,7 @@ class Run:
     metrics: dict = field(default_factory=dict)  # format -> its metrics json
     curves: list = field(default_factory=list)   # results.csv rows, numbers as floats
     pr: dict = field(default_factory=dict)       # (format, set) -> precision at 101 recall points
+    board: list = field(default_factory=list)    # its board reports, as board_measurement reads them
 
 
 def format_rank(fmt: str):
@@ -141,6 +152,76 @@ def read_curves(run: Run, root: Path) -> Path | None:
         rows = list(csv.DictReader(csv_path.open()))
         run.curves = [{k.strip(): float(v) for k, v in row.items() if k and v not in (None, "")} for row in rows]
     return csv_path
+
+
+# ---------------------------------------------------------------------------------------- board reports
+def read_board_reports(run: Run, root: Path) -> list[Path]:
+    """The board reports copied back for the run's experiment (board-reports/*.json) into Run.board,
+    each checked to have measured the experiment's own model; the files read."""
+    exp = Experiment(run.experiment, root)
+    found = sorted(exp.board_reports.glob("*.json")) if exp.board_reports.is_dir() else []
+    if not found:
+        return []
+    bundle = experiment_bundle(exp, root)
+    what, fix = "a board report (detect.py's board_report.json)", "copy it from the board again, or remove it"
+    for path in found:
+        report = read_json_object(path, what, fix, BOARD_FIELDS)
+        with reading(path, what, fix):  # a field of the wrong kind is the file's fault: one line, not a traceback
+            check_same_model(path, report, bundle, exp, root)
+            run.board.append(board_measurement(path, report, root))
+    return [exp.bundle_manifest, *found]
+
+
+def experiment_bundle(exp: Experiment, root: Path) -> dict:
+    """bundle.json of the experiment's board bundle: the model its board reports must have measured."""
+    again = "then measure on the board again: a new conversion is another model"
+    if not exp.bundle_manifest.is_file():
+        raise UserError(f"{paths.rel(exp.board_reports, root)}/ holds board reports, but "
+                        f"{paths.rel(exp.bundle_manifest, root)} (the bundle they must have measured) does not "
+                        f"exist; `make convert` with {exp.name}'s config writes it ({again}), or remove them")
+    return read_json_object(exp.bundle_manifest, "the board bundle's record", f"`make convert FORCE=1` writes it "
+                            f"again ({again})", ("experiment", "model", "built"))
+
+
+def check_same_model(path: Path, report: dict, bundle: dict, exp: Experiment, root: Path) -> None:
+    """Refuses a board report of another model than the experiment's bundle holds: its latency would
+    be shown beside this model's accuracy. The line names both models."""
+    ran = report["bundle"] or {}
+    ours = bundle.get("onnx") if report["backend"] == "onnx" else bundle["model"]
+    if all(ran.get(k) == bundle.get(k) for k in MODEL_KEYS) and report["model"] == ours:
+        return
+    sha = (bundle.get("files") or {}).get(ours) or "not recorded"
+    raise UserError(f"{paths.rel(path, root)} measured another model: {report['model']} of experiment "
+                    f"'{ran.get('experiment')}' (bundle built {ran.get('built')}), not {exp.name}'s {ours} "
+                    f"(sha256 {sha[:16]}, bundle built {bundle['built']}, {paths.rel(exp.bundle_manifest, root)}); "
+                    f"measure again with that bundle, or remove the file")
+
+
+def board_measurement(path: Path, report: dict, root: Path) -> dict:
+    """What the report shows of one board report: where it ran, the format of the model that ran, on
+    which cores and in how many tiles, and its numbers (the mean per frame of each stage, frames/s)."""
+    device, on_board = measured_on(report)
+    latency = report["latency_ms"]
+    return {"file": paths.rel(path, root), "measured_on": device, "on_board": on_board,
+            "backend": report["backend"], "runtime": report.get("runtime"),
+            # the bundle's ONNX is the float model the .rknn was built from: the onnx-rknn-head format
+            "format": "onnx-rknn-head" if report["backend"] == "onnx" else "rknn",
+            "cores": ", ".join(map(str, report["cores"])), "contexts": len(report["cores"]),
+            "tiles": report.get("tiles") or 1,  # reports from before --tiles ran the whole frame
+            "frames": report["frames"], "interrupted": report.get("interrupted", False),
+            "latency_ms": {k: (latency.get(k) or {}).get("mean") for k in BOARD_STAGES},
+            "fps": report["throughput_fps"].get("mean")}
+
+
+def measured_on(report: dict) -> tuple[str, bool]:
+    """Where a board report was measured, as the report labels it, and whether that was the board's
+    NPU. Only the rknn backend runs on the NPU: `detect.py --backend onnx` runs the same pipeline on
+    any CPU (a PC's, to rehearse), so its numbers are labelled with that CPU, never as the board."""
+    where = report["platform"] or {}
+    if report["backend"] == "rknn":
+        return f"{where.get('soc') or where.get('bundle_platform') or 'board'} NPU (board)", True
+    machine = str(where.get("machine") or "unknown")
+    return f"{'x86' if machine.lower() in X86 else machine} CPU, onnxruntime", False
 
 
 # ---------------------------------------------------------------------------------------- checks

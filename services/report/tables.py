@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .runs import STAGE, Run, coco_truth, format_rank, load_detections
+from .runs import BOARD_STAGES, STAGE, Run, coco_truth, format_rank, load_detections
 
 
 # What the tables show per variant x format x set: key, heading, value from a metrics json, digits.
@@ -123,6 +123,53 @@ def conversion_step(pairs: list[Run], variant: str, before: str, after: str, s: 
     return row
 
 
+# ---------------------------------------------------------------------------------------- board
+def board_rows(runs: list[Run], variants: dict, s: str) -> list[dict]:
+    """One row per variant x where it was measured x format x cores x tiles: each stage's mean latency
+    per frame, their sum and the throughput, over the variant's board reports of that kind; beside the
+    accuracy on set `s` of the runs measured."""
+    def kind(b: dict) -> tuple:
+        return b["measured_on"], b["format"], b["cores"], b["tiles"]
+
+    rows = []
+    for variant in variants:
+        measured = [(r, b) for r in runs if r.variant == variant for b in r.board]
+        for k in dict.fromkeys(kind(b) for _, b in measured):
+            rows.append(board_row(variant, [(r, b) for r, b in measured if kind(b) == k], s))
+    return rows
+
+
+def board_row(variant: str, group: list[tuple], s: str) -> dict:
+    first = group[0][1]
+    fmt, measured = first["format"], [b for _, b in group]
+    row = {"set": s, "variant": variant, "format": fmt, "measured_on": first["measured_on"],
+           "on_board": first["on_board"], "cores": first["cores"], "contexts": first["contexts"],
+           "tiles": first["tiles"], "n": len(group),
+           "runs": [r.experiment for r, _ in group], "files": [b["file"] for b in measured],
+           "frames": stat([b["frames"] for b in measured])}
+    scored = list({r.experiment: r for r, _ in group}.values())  # a run measured twice counts once here
+    for key, _, get, _ in STEP_COLUMNS:  # the accuracy beside the latency: AP50 and MR-2
+        row[key] = stat([get(r.metrics[fmt], s) if fmt in r.metrics and s in r.metrics[fmt]["sets"] else None
+                         for r in scored])
+    for k in BOARD_STAGES:
+        row[k] = stat([b["latency_ms"][k] for b in measured])
+    # a frame's own time through the stages, without the waits between them: the latency the
+    # accuracy-against-latency figure plots
+    row["latency_ms"] = stat([None if None in b["latency_ms"].values() else sum(b["latency_ms"].values())
+                              for b in measured])
+    row["fps"] = stat([b["fps"] for b in measured])
+    return row
+
+
+def board_latency(board: list[dict], variant: str, fmt: str) -> dict | None:
+    """The board row that gives a model its measured latency: measured on the board's NPU, the whole
+    frame where measured so, on the fewest contexts (one core is the latency; all three are the
+    throughput); None where none was."""
+    measured = [b for b in board if b["on_board"] and (b["variant"], b["format"]) == (variant, fmt)
+                and b["latency_ms"]["mean"] is not None]
+    return min(measured, key=lambda b: (b["tiles"], b["contexts"]), default=None)
+
+
 # ---------------------------------------------------------------------------------------- mr-fppi
 def fppi_grid() -> np.ndarray:
     """The false positives per image at which every run's MR-FPPI curve is read before averaging."""
@@ -169,6 +216,16 @@ def steps_table(steps: list[dict], s: str, tex: bool = False) -> tuple[list[str]
     headers = ["variant", "step", "n", "ΔAP50", "ΔMR-2 Reasonable (points)"]
     body = [[r["variant"], r["step"], r["n"]] + [cell(r[k], d, sign=True, tex=tex) for k, _, _, d in STEP_COLUMNS]
             for r in steps if r["set"] == s]
+    return headers, body
+
+
+def board_table(rows: list[dict], tex: bool = False) -> tuple[list[str], list[list]]:
+    headers = ["variant", "format", "measured on", "cores", "tiles", "n", "frames", "AP50", "MR-2 Reasonable %",
+               "read ms", "pre ms", "NPU ms", "post ms", "sum ms", "frames/s"]
+    digits = [3, 2] + [1] * 6
+    keys = [k for k, _, _, _ in STEP_COLUMNS] + list(BOARD_STAGES) + ["latency_ms", "fps"]
+    body = [[r["variant"], r["format"], r["measured_on"], r["cores"], r["tiles"], r["n"], cell(r["frames"], 0, tex=tex)]
+            + [cell(r[k], d, tex=tex) for k, d in zip(keys, digits)] for r in rows]
     return headers, body
 
 
