@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import one_error
+from tests.helpers import one_error
 from services.board import backends, bundle as bundle_checks, detect as board_detect, pipeline
 from services.board import yolo_core as core
 from services.board.errors import BadInput, LayoutError

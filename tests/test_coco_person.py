@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import ROOT, demo_root, error_lines, one_error, run_module, stage_env
+from tests.helpers import ROOT, demo_root, error_lines, one_error, run_module, stage_env
 from services.common import config
 from services.dataset import coco
 

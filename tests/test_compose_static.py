@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, make, needs_make_venv
+from tests.helpers import ROOT, make, needs_make_venv
 
 TOOLS = Path(sys.prefix).parent / "tools" / "bin"
 pytestmark = [needs_make_venv,

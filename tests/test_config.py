@@ -1,7 +1,7 @@
 """One experiment YAML drives every stage; bad keys and values are caught before any work."""
 import pytest
 
-from conftest import ROOT, error_lines, run_module
+from tests.helpers import ROOT, error_lines, run_module
 from services.common import config
 from services.common.log import UserError
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import engine
-from conftest import ROOT, make, needs_make_venv, phase_time
+from tests import engine
+from tests.helpers import ROOT, make, needs_make_venv, phase_time
 
 # containers: the live engine tier; slow too (image builds and a real training in a container)
 pytestmark = [needs_make_venv, pytest.mark.containers, pytest.mark.slow]

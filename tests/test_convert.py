@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CONVERT_PY, ROOT, copy_dataset, error_lines, needs_convert_env, one_error, stage_env
+from tests.helpers import (CONVERT_PY, ROOT, copy_dataset, error_lines, needs_convert_env, one_error, stage_env)
 
 DEMO = str(ROOT / "configs" / "demo.yaml")
 

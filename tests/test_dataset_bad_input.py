@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from conftest import ROOT, demo_root, one_error, run_module
+from tests.helpers import ROOT, demo_root, one_error, run_module
 
 DEMO = str(ROOT / "configs" / "demo.yaml")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from conftest import ROOT, demo_root
+from tests.helpers import ROOT, demo_root
 from services.common import config
 from services.dataset import citypersons, demo
 
@@ -109,7 +109,7 @@ def test_symlink_and_copy_are_there_when_hard_links_are_not_wanted(tmp_path, dem
 
 def test_demo_download_is_regenerated_when_the_seed_changes(tmp_path, demo_raw):
     root = demo_root(tmp_path, demo_raw)
-    from conftest import run_module
+    from tests.helpers import run_module
     proc = run_module("dataset", ["--config", str(DEMO)], root)
     assert proc.returncode == 0 and "generated" not in proc.stdout  # seed 0: the copy is current
     proc = run_module("dataset", ["--config", str(DEMO), "dataset.seed=1", "dataset.calib_images=1"], root)

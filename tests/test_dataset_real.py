@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import ROOT, SHARED_CITYPERSONS, make_real_root, needs_real_citypersons
+from tests.helpers import ROOT, SHARED_CITYPERSONS, make_real_root, needs_real_citypersons
 from services.common import config
 from services.dataset import citypersons
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, make, needs_make_venv, one_error, pipeline_venv
+from tests.helpers import ROOT, make, needs_make_venv, one_error, pipeline_venv
 
 pytestmark = needs_make_venv
 CHROMIUM = next((c for c in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(c)), None)

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SHARED_CITYPERSONS, demo_root, error_lines, needs_real_citypersons, run_module
+from tests.helpers import (ROOT, SHARED_CITYPERSONS, demo_root, error_lines, needs_real_citypersons, run_module)
 from services.common import config
 from services.common.log import UserError
 from services.dataset import citypersons, download
-from test_coco_person import make_coco_raw, zip_coco
+from tests.test_coco_person import make_coco_raw, zip_coco
 
 CITYPERSONS = str(ROOT / "configs" / "citypersons.yaml")
 DEMO = str(ROOT / "configs" / "demo.yaml")

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import ROOT, copy_dataset, demo_root, error_lines, run_module
+from tests.helpers import ROOT, copy_dataset, demo_root, error_lines, run_module
 from services.common import decode
 from services.evaluate import scoring
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (CONVERT_PY, ROOT, copy_dataset, demo_root, make, needs_convert_env, one_error, run_module,
-                      stage_env)
+from tests.helpers import (CONVERT_PY, ROOT, copy_dataset, demo_root, make, needs_convert_env, one_error, run_module, stage_env)
 
 DEMO = str(ROOT / "configs" / "demo.yaml")
 

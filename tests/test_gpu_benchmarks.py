@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, needs_make_venv, needs_real_citypersons, pipeline_venv
+from tests.helpers import ROOT, needs_make_venv, needs_real_citypersons, pipeline_venv
 
 
 @needs_make_venv

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import engine
-from conftest import ROOT, make, needs_make_venv, one_error
+from tests import engine
+from tests.helpers import ROOT, make, needs_make_venv, one_error
 from services.run import runner
 
 pytestmark = needs_make_venv
@@ -82,10 +82,10 @@ def test_make_dataset_offline_lists_what_to_fetch_and_touches_no_network(tmp_pat
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["sweep"], "runner: error: make sweep needs SWEEP=<name> (configs/sweeps/<name>.yaml); known sweeps: demo-sweep"),
+    (["sweep"], "runner: error: make sweep needs SWEEP=<name> (configs/sweeps/<name>.yaml); known sweeps: demo-sweep, proxy-study, thesis"),
     (["sweep", "SWEEP=nope", "RUNNER=local"],
      "sweep: error: sweep file configs/sweeps/nope.yaml not found; use configs/sweeps/<name>.yaml (SWEEP=<name>), "
-     "known: demo-sweep"),
+     "known: demo-sweep, proxy-study, thesis"),
     (["predict", "EXP=demo"], "runner: error: make predict needs SOURCE=<image, folder or video>"),
     (["predict", "EXP=demo", "SOURCE=x.jpg", "FORMAT=tflite"],
      "runner: error: FORMAT=tflite is not a model format; use FORMAT=pt, FORMAT=onnx or FORMAT=rknn"),

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import CONVERT_PY, ROOT, make, needs_convert_env, needs_make_venv, one_error, stage_env
+from tests.helpers import (CONVERT_PY, ROOT, make, needs_convert_env, needs_make_venv, one_error, stage_env)
 
 DEMO = str(ROOT / "configs" / "demo.yaml")
 FORMATS = ("pt", "onnx", "rknn")

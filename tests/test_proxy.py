@@ -8,7 +8,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from conftest import ROOT, SHARED_CITYPERSONS, needs_real_citypersons, one_error, run_module
+from tests.helpers import ROOT, SHARED_CITYPERSONS, needs_real_citypersons, one_error, run_module
 from services.dataset import citypersons, proxy
 
 PROXY = str(ROOT / "configs" / "proxy.yaml")
@@ -188,6 +188,6 @@ def test_proxy_experiment_is_the_real_run_on_the_proxy():
     assert d["name"] == "proxy" and d["generate_proxy"] is True and d["generate_demo"] is False
     assert d["proxy_annotations"] == "datasets/citypersons/raw"
     assert cfg["train"] == real["train"] and cfg["train"]["imgsz"] == 1280 and cfg["train"]["device"] == "0"
-    assert cfg["export"]["imgsz"] == real["export"]["imgsz"] == [640, 1280]  # README: "Resolution"
+    assert cfg["export"]["imgsz"] == real["export"]["imgsz"] == [640, 1280]  # docs/thesis/config.md: "Why imgsz 1280"
     assert cfg["evaluate"]["sets"] == ["val"]
     assert config.load(PROXY, ["dataset.proxy_train_images=2975"])["dataset"]["proxy_train_images"] == 2975

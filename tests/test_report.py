@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, copy_dataset, make, one_error, run_module
+from tests.helpers import ROOT, copy_dataset, make, one_error, run_module
 
 DEMO = str(ROOT / "configs" / "demo.yaml")
 FIGURES = {"training", "mr_fppi", "precision_recall", "conversion", "size_latency", "examples"}

@@ -14,11 +14,11 @@ from pathlib import Path
 import cv2
 import pytest
 
-from conftest import one_error, run_module
+from tests.helpers import one_error, run_module
 from services.common.layout import Experiment
 from services.common.log import UserError
-from test_board_runtime import SIZE, street_images, tiny_onnx
-from test_report import md_rows, write_synthetic_sweep
+from tests.test_board_runtime import SIZE, street_images, tiny_onnx
+from tests.test_report import md_rows, write_synthetic_sweep
 
 SWEEP, EXP = "syn", "syn-a-s0"  # the synthetic sweep, and the trial whose model is measured
 X86 = "x86 CPU, onnxruntime"
@@ -148,7 +148,7 @@ def test_the_latency_figure_uses_the_board_where_measured_and_an_estimate_elsewh
     whole frame on one core, filled); every other at the evaluator's (hollow, an estimate), the x86
     detect.py measurement included."""
     from services.report.figures import draw_size_latency
-    from test_report import spread
+    from tests.test_report import spread
     rows = [{"set": "val", "variant": v, "format": f, "AP50": spread([0.6]), "model_mb": spread([4.0]),
              "latency_ms": spread([50.0 + k])} for v in ("a", "b") for k, f in enumerate(("onnx-rknn-head", "rknn"))]
     board = [{"variant": "a", "format": "rknn", "on_board": True, "measured_on": "rk3588 NPU (board)",

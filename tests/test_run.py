@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import engine
-from conftest import ROOT, needs_make_venv
+from tests import engine
+from tests.helpers import ROOT, needs_make_venv
 from services.run import runner
 from services.run.runner import RunError, Settings
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SWEEP_TRIALS, one_error, run_module, stage_env
+from tests.helpers import ROOT, SWEEP_TRIALS, one_error, run_module, stage_env
 from services.sweep import sweep
 
 RAY = Path(sys.executable).parent / "ray"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, copy_dataset, error_lines, one_error, run_module, stage_env
+from tests.helpers import ROOT, copy_dataset, error_lines, one_error, run_module, stage_env
 
 DEMO = str(ROOT / "configs" / "demo.yaml")
 AP50_BAR = 0.8  # the demo's training-time bar (300 s) is benchmarks/demo_train_time.py's

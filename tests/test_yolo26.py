@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, copy_dataset, make, one_error, run_module
+from tests.helpers import ROOT, copy_dataset, make, one_error, run_module
 
 from services.common import decode
 

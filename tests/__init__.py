@@ -1,0 +1,1 @@
+"""The suite: `make test` (everything) and `make test-fast` (no training, no container)."""
