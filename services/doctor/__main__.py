@@ -28,14 +28,6 @@ PROBE = ("import json, os, torch; s = os.statvfs('/dev/shm'); print(json.dumps({
          "'cuda': torch.cuda.is_available(), 'count': torch.cuda.device_count(), "
          "'built_for': torch.version.cuda, 'shm_gb': s.f_frsize * s.f_blocks / 1e9}))")
 
-results = []
-
-
-def report(status: str, check: str, text: str) -> None:
-    results.append(status)
-    print(f"{status:<5} {check:<15} {text}", flush=True)
-
-
 def run(cmd: list[str], timeout=300) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -47,26 +39,26 @@ def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "no output")
 
 
-def engine(docker: list[str]) -> bool:
+def engine(docker: list[str]):  # yields its lines, returns whether the engine answers
     p = run(docker + ["info", "--format", "{{.ServerVersion}}"], timeout=30)
     if p.returncode != 0:
-        report("FAIL", "docker engine", f"no Docker engine answers (`{' '.join(docker)} info`: "
+        yield ("FAIL", "docker engine", f"no Docker engine answers (`{' '.join(docker)} info`: "
                f"{first_line(p.stderr)}); start it, or run the stages natively with RUNNER=local")
         return False
-    report("ok", "docker engine", f"answers (server {p.stdout.strip()})")
+    yield ("ok", "docker engine", f"answers (server {p.stdout.strip()})")
     return True
 
 
-def compose_v2(compose: list[str]) -> bool:
+def compose_v2(compose: list[str]):  # yields its lines, returns whether Compose v2 is there
     p = run(compose + ["version", "--short"], timeout=30)
     version = p.stdout.strip().lstrip("v")
     major = int(version.split(".")[0]) if re.match(r"\d+\.", version) else 0
     if p.returncode != 0 or major < 2:
-        report("FAIL", "compose v2", f"`{' '.join(compose[:2])} version` gave {version or first_line(p.stderr)!r}: "
+        yield ("FAIL", "compose v2", f"`{' '.join(compose[:2])} version` gave {version or first_line(p.stderr)!r}: "
                "install the Compose v2 plugin (package docker-compose-plugin); docker-compose v1 cannot "
                "read this file")
         return False
-    report("ok", "compose v2", f"version {version}")
+    yield ("ok", "compose v2", f"version {version}")
     return True
 
 
@@ -75,37 +67,37 @@ def in_train(compose: list[str], *command: str) -> subprocess.CompletedProcess:
     return run(compose + ["run", "--rm", "--no-deps", "-T", "fit", *command], timeout=600)
 
 
-def gpu_checks(compose: list[str], docker: list[str], image: str, gpu: bool) -> None:
+def gpu_checks(compose: list[str], docker: list[str], image: str, gpu: bool):
     if run(docker + ["image", "inspect", image], timeout=30).returncode != 0:
-        report("warn", "train image", f"{image} is not built yet: `make images` builds it (a stage builds it "
+        yield ("warn", "train image", f"{image} is not built yet: `make images` builds it (a stage builds it "
                "when missing); the checks inside it are skipped")
         return
-    report("ok", "train image", image)
-    torch_checks(lambda *command: in_train(compose, *command), gpu, "in the train container",
+    yield ("ok", "train image", image)
+    yield from torch_checks(lambda *command: in_train(compose, *command), gpu, "in the train container",
                  "the train image")
 
 
-def local_checks(venv: Path, gpu: bool) -> None:
+def local_checks(venv: Path, gpu: bool):
     """The same checks on a host without Docker (benchmarks/gpu_doctor.sh): nvidia-smi on the host,
     torch in the local train environment."""
     python = venv / "train" / "bin" / "python"
     if not python.exists():
-        report("FAIL", "train env", f"{python} does not exist: `make setup` builds it from the lock file")
+        yield ("FAIL", "train env", f"{python} does not exist: `make setup` builds it from the lock file")
         return
-    report("ok", "train env", str(python))
+    yield ("ok", "train env", str(python))
 
     def on_host(*command: str) -> subprocess.CompletedProcess:
         return run([str(python), *command[1:]] if command[0] == "python" else list(command), timeout=600)
-    torch_checks(on_host, gpu, "on this host", "the train environment", local=True)
+    yield from torch_checks(on_host, gpu, "on this host", "the train environment", local=True)
 
 
-def torch_checks(inside, gpu: bool, where: str, env: str, local: bool = False) -> None:
+def torch_checks(inside, gpu: bool, where: str, env: str, local: bool = False):
     """nvidia-smi, the driver against torch's CUDA build, torch's view of the GPU and /dev/shm, with
     `inside(*command)` running a command where the training runs (a container, or this host)."""
     driver = None
     check = "nvidia driver" if local else "nvidia runtime"
     if not gpu:
-        report("warn", check, "not checked (GPU=0: training runs on the CPU)" if local else
+        yield ("warn", check, "not checked (GPU=0: training runs on the CPU)" if local else
                "not in use (GPU=0, the CPU override: training runs on the CPU); for "
                f"a GPU install the NVIDIA Container Toolkit ({TOOLKIT_URL}) and restart the engine")
     else:
@@ -115,50 +107,50 @@ def torch_checks(inside, gpu: bool, where: str, env: str, local: bool = False) -
             fix = ("install the NVIDIA driver (nvidia-smi comes with it), or train on the CPU (train.device=cpu)"
                    if local else f"install the NVIDIA Container Toolkit ({TOOLKIT_URL}) and restart the engine, "
                    "or use the CPU override with GPU=0")
-            report("FAIL", check, f"nvidia-smi does not run {where} ({first_line(p.stderr or p.stdout)}): {fix}")
+            yield ("FAIL", check, f"nvidia-smi does not run {where} ({first_line(p.stderr or p.stdout)}): {fix}")
         else:
             driver = gpus[0][1].strip()
-            report("ok", check, f"{len(gpus)} GPU(s) {where}: "
+            yield ("ok", check, f"{len(gpus)} GPU(s) {where}: "
                    + ", ".join(g[0].strip() for g in gpus) + f"; driver {driver}")
     p = inside("python", "-c", PROBE)
     try:
         probe = json.loads(p.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
-        report("FAIL", "torch", f"python in {env} failed: {first_line(p.stderr)}")
+        yield ("FAIL", "torch", f"python in {env} failed: {first_line(p.stderr)}")
         return
     cuda_major = int(probe["built_for"].split(".")[0]) if probe["built_for"] else None
     if gpu:
         if probe["cuda"]:
-            report("ok", "torch gpu", f"torch sees {probe['count']} GPU(s) (built for CUDA {probe['built_for']})")
+            yield ("ok", "torch gpu", f"torch sees {probe['count']} GPU(s) (built for CUDA {probe['built_for']})")
         else:
-            report("FAIL", "torch gpu", f"torch in {env} sees no GPU" + (
+            yield ("FAIL", "torch gpu", f"torch in {env} sees no GPU" + (
                    ": check the driver lines above and below" if local else " although nvidia-smi runs: check the "
                    "driver line below, and that the engine was restarted after installing the toolkit"))
         if driver and cuda_major in MIN_DRIVER:
             need, have = MIN_DRIVER[cuda_major], int(driver.split(".")[0])
             if have < need:
-                report("FAIL", "driver vs cuda", f"driver {driver} is older than CUDA {probe['built_for']} of the "
+                yield ("FAIL", "driver vs cuda", f"driver {driver} is older than CUDA {probe['built_for']} of the "
                        f"image needs (>= {need}): update the driver, or `make images TORCH_FLAVOUR=cu12` "
                        "(CUDA 12, driver >= 525)")
             else:
-                report("ok", "driver vs cuda", f"driver {driver} runs CUDA {probe['built_for']} (needs >= {need})")
+                yield ("ok", "driver vs cuda", f"driver {driver} runs CUDA {probe['built_for']} (needs >= {need})")
     else:
-        report("ok", "torch", f"imports in {env} (CPU; built for CUDA {probe['built_for']})")
+        yield ("ok", "torch", f"imports in {env} (CPU; built for CUDA {probe['built_for']})")
     if probe["shm_gb"] < MIN_SHM_GB:
-        report("FAIL", "shm", f"/dev/shm {where} is {probe['shm_gb']:.2f} GB: DataLoader workers "
+        yield ("FAIL", "shm", f"/dev/shm {where} is {probe['shm_gb']:.2f} GB: DataLoader workers "
                "will die with 'Bus error'; keep shm_size in docker-compose.yml, or set train.workers=0")
     else:
-        report("ok", "shm", f"/dev/shm {where}: {probe['shm_gb']:.1f} GB")
+        yield ("ok", "shm", f"/dev/shm {where}: {probe['shm_gb']:.1f} GB")
 
 
-def disk() -> None:
+def disk():
     free = shutil.disk_usage(ROOT).free / 1e9
     status = "ok" if free >= MIN_DISK_GB else "warn"
-    report(status, "free disk", f"{free:.0f} GB free under {ROOT}" + (
+    yield (status, "free disk", f"{free:.0f} GB free under {ROOT}" + (
         "" if free >= MIN_DISK_GB else f"; the real run needs about {MIN_DISK_GB} GB (Cityscapes, COCO val, images)"))
 
 
-def ram_cache(config: Path) -> None:
+def ram_cache(config: Path):
     """A train config with cache: ram that this machine's memory will not hold: ultralytics would
     train uncached after a warning, each epoch decoding every PNG again."""
     try:
@@ -176,15 +168,15 @@ def ram_cache(config: Path) -> None:
     if need is None:
         return
     if not images:
-        report("ok", "ram cache", f"train.extra.cache=ram: checked by `make fit` once datasets/{name}/yolo exists")
+        yield ("ok", "ram cache", f"train.extra.cache=ram: checked by `make fit` once datasets/{name}/yolo exists")
         return
     have = yolo_env.available_memory()
     if have and need > have:
-        report("warn", "ram cache", f"train.extra.cache=ram needs about {need / 1e9:.1f} GB free ({len(images)} images "
+        yield ("warn", "ram cache", f"train.extra.cache=ram needs about {need / 1e9:.1f} GB free ({len(images)} images "
                f"at imgsz {train['imgsz']}, with ultralytics' 2x margin) but {have / 1e9:.1f} GB are available: "
                "use train.extra.cache=disk, or free memory")
     else:
-        report("ok", "ram cache", f"train.extra.cache=ram: about {need / 1e9:.1f} GB of {have / 1e9:.1f} GB available")
+        yield ("ok", "ram cache", f"train.extra.cache=ram: about {need / 1e9:.1f} GB of {have / 1e9:.1f} GB available")
 
 
 def dataset_settings(config: Path) -> tuple[str, bool, bool]:
@@ -221,42 +213,42 @@ def _dataset_keys(config: Path) -> dict:
         return d
 
 
-def datasets(config: Path) -> None:
+def datasets(config: Path):
     if not config.is_file():
-        report("FAIL", "datasets", f"{config} not found: pass EXP=<name> with configs/<name>.yaml present")
+        yield ("FAIL", "datasets", f"{config} not found: pass EXP=<name> with configs/<name>.yaml present")
         return
     name, demo, coco = dataset_settings(config)
     if demo:
-        report("ok", "datasets", f"{name}: generated on the first run (no downloads)")
+        yield ("ok", "datasets", f"{name}: generated on the first run (no downloads)")
         return
     mats = proxy_annotations(config)
     if mats is not None:
         where = os.path.relpath(mats, ROOT) if mats.is_relative_to(ROOT) else str(mats)
         missing = [f for f in ("anno_train.mat", "anno_val.mat") if not (mats / f).is_file()]
         if missing:
-            report("FAIL", "datasets", f"{name}: the proxy is drawn from the real CityPersons annotations, but "
+            yield ("FAIL", "datasets", f"{name}: the proxy is drawn from the real CityPersons annotations, but "
                    f"{where}/ lacks {', '.join(missing)}: `make dataset EXP=citypersons` downloads them "
                    "(no Cityscapes images needed), or set dataset.proxy_annotations")
         else:
-            report("ok", "datasets", f"{name}: generated on the first run from {where}/anno_*.mat "
+            yield ("ok", "datasets", f"{name}: generated on the first run from {where}/anno_*.mat "
                    "(no Cityscapes images needed)")
         return
     raw = ROOT / "datasets" / name / "raw"
     images = (raw / "leftImg8bit_trainvaltest.zip").is_file() or (raw / "leftImg8bit" / "train").is_dir()
     missing = [f for f in ("anno_train.mat", "anno_val.mat") if not (raw / f).is_file()]
     if not images:
-        report("FAIL", "datasets", f"datasets/{name}/raw/leftImg8bit_trainvaltest.zip is missing: it needs a "
-               "Cityscapes account (README: the data); or set CITYSCAPES_USERNAME/PASSWORD for `make dataset`")
+        yield ("FAIL", "datasets", f"datasets/{name}/raw/leftImg8bit_trainvaltest.zip is missing: it needs a "
+               "Cityscapes account (docs/thesis/data.md); or set CITYSCAPES_USERNAME/PASSWORD for `make dataset`")
     elif missing:
-        report("warn", "datasets", f"datasets/{name}/raw/ lacks {', '.join(missing)}: `make dataset` downloads them")
+        yield ("warn", "datasets", f"datasets/{name}/raw/ lacks {', '.join(missing)}: `make dataset` downloads them")
     else:
-        report("ok", "datasets", f"datasets/{name}/raw/ has the Cityscapes images and both annotation files")
+        yield ("ok", "datasets", f"datasets/{name}/raw/ has the Cityscapes images and both annotation files")
     if coco:
         coco_raw = ROOT / "datasets" / "coco" / "raw"
         if (coco_raw / "annotations" / "instances_val2017.json").is_file() and (coco_raw / "val2017").is_dir():
-            report("ok", "coco person", "datasets/coco/raw/ has val2017 and its annotations")
+            yield ("ok", "coco person", "datasets/coco/raw/ has val2017 and its annotations")
         else:
-            report("warn", "coco person", "datasets/coco/raw/ lacks val2017 or instances_val2017.json: "
+            yield ("warn", "coco person", "datasets/coco/raw/ lacks val2017 or instances_val2017.json: "
                    "`make dataset` downloads them (about 1 GB)")
 
 
@@ -270,17 +262,25 @@ def main(argv=None) -> int:
     docker = shlex.split(os.environ.get("DOCKER", "docker"))
     compose = shlex.split(os.environ.get("COMPOSE", "docker compose"))
     gpu = os.environ.get("GPU", "1") != "0"
-    if a.local:
-        local_checks(a.local, gpu)
-    elif engine(docker) and compose_v2(compose):
-        gpu_checks(compose, docker, a.image, gpu)
-    disk()
-    datasets(a.config)
-    ram_cache(a.config)
-    failed = results.count("FAIL")
+    statuses = []
+    for status, check, text in checks(a, docker, compose, gpu):  # each line as soon as it is known
+        print(f"{status:<5} {check:<15} {text}", flush=True)
+        statuses.append(status)
+    failed = statuses.count("FAIL")
     print(f"doctor: {failed} check(s) failed" if failed else "doctor: ready"
-          + (f" ({results.count('warn')} warning(s))" if results.count("warn") else ""))
+          + (f" ({statuses.count('warn')} warning(s))" if statuses.count("warn") else ""))
     return 1 if failed else 0
+
+
+def checks(a, docker: list[str], compose: list[str], gpu: bool):
+    """Every check, as (status, check, text) lines; each check function yields its own."""
+    if a.local:
+        yield from local_checks(a.local, gpu)
+    elif (yield from engine(docker)) and (yield from compose_v2(compose)):
+        yield from gpu_checks(compose, docker, a.image, gpu)
+    yield from disk()
+    yield from datasets(a.config)
+    yield from ram_cache(a.config)
 
 
 if __name__ == "__main__":
