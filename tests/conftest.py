@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (CONVERT_PY, PhaseTimer, ROOT, SHARED_CITYPERSONS, SWEEP_TRIALS, SweepRun, _kill_one_training, _pids_with, copy_dataset, demo_root, error_lines, make, make_real_root, needs_convert_env, needs_make_venv, needs_real_citypersons, one_error, phase_time, pipeline_venv, run_module, stage_env)  # noqa: F401
+from tests.helpers import (CONVERT_PY, PhaseTimer, ROOT, SHARED_CITYPERSONS, SWEEP_TRIALS, SweepRun, TRAIN_VENV_INSTALLED, _kill_one_training, _pids_with, copy_dataset, demo_root, error_lines, make, make_real_root, needs_convert_env, needs_make_venv, needs_real_citypersons, one_error, phase_time, pipeline_venv, require, run_module, stage_env)  # noqa: F401
 
 
 def pytest_collection_modifyitems(items):
@@ -19,6 +19,14 @@ def pytest_collection_modifyitems(items):
         if {"demo_run", "demo_sweep"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.path.name == "test_containers.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """The `requires` marks (tests/helpers.py needs()), before any fixture: a skip, or under `make
+    test` (CI=1) a failure naming what is missing."""
+    for mark in item.iter_markers("requires"):
+        require(*mark.args)
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -34,8 +42,8 @@ def pytest_terminal_summary(terminalreporter):
 def demo_run(tmp_path_factory):
     """`make demo` once per session on a fresh project root: the demo download, the dataset, the
     training. Every test that needs a trained demo model shares this one."""
-    if not (Path(sys.prefix) / ".installed").is_file():
-        pytest.skip("the demo chain runs under `make test` (it uses its .venv/train)")
+    require(TRAIN_VENV_INSTALLED, f"{Path(sys.prefix) / '.installed'}: the demo chain runs in the .venv/train "
+                                  f"that `make test` builds")
     root = tmp_path_factory.mktemp("make-demo")
     proc = make("demo", root=root, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

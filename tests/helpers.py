@@ -3,6 +3,7 @@ errors. Fixtures and pytest hooks live in conftest.py."""
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,31 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The real CityPersons annotation files: beside the project in CI, absent on a user's machine.
 SHARED_CITYPERSONS = ROOT.parent / "shared" / "data" / "citypersons"
+
+
+# ------------------------------------------------------------------------------ what a test needs
+def under_ci() -> bool:
+    """`make test` (the runner sets CI=1 for the whole suite), or a CI service (CI=true)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require(condition, what: str) -> None:
+    """Something the suite itself installs or builds (a tool such as pdflatex, chattr, chromium or
+    podman; an environment such as .venv/train or the convert one): without it the test skips, except
+    under `make test` (CI=1), where a missing one fails the test in one line naming it, so that no
+    tier is hidden. What a machine cannot have (a GPU, ../shared on a user's clone, mounting where
+    it is not allowed) is a plain pytest.skip instead, and `make test -rs` lists those at the end."""
+    if condition:
+        return
+    if under_ci():
+        pytest.fail(f"missing under `make test`: {what}", pytrace=False)
+    pytest.skip(f"missing: {what}")
+
+
+def needs(condition, what: str) -> pytest.MarkDecorator:
+    """require() as a mark, for a test or a module (pytestmark); checked before any fixture is set up
+    (tests/conftest.py pytest_runtest_setup)."""
+    return pytest.mark.requires(bool(condition), what)
 
 
 needs_real_citypersons = pytest.mark.skipif(
@@ -40,10 +66,10 @@ def pipeline_venv() -> Path:
 CONVERT_PY = pipeline_venv() / "convert" / "bin" / "python"
 
 
-needs_convert_env = pytest.mark.skipif(
-    not CONVERT_PY.is_file(),
-    reason=f"the convert environment's python {CONVERT_PY} does not exist (`make test` builds it; "
-           f"set PIPELINE_VENV to the folder holding train/ and convert/)")
+needs_convert_env = needs(
+    CONVERT_PY.is_file(),
+    f"the convert environment's python {CONVERT_PY} (`make test` builds it; set PIPELINE_VENV to the folder "
+    f"holding train/ and convert/)")
 
 
 def stage_env(root: Path) -> dict:
@@ -87,8 +113,9 @@ phase_time = PhaseTimer()
 
 
 # Make tests use the environment `make test` built; elsewhere (a bare pytest) they skip.
-needs_make_venv = pytest.mark.skipif(not (Path(sys.prefix) / ".installed").is_file(),
-                                     reason="Make tests run under `make test` (they use its .venv/train)")
+TRAIN_VENV_INSTALLED = (Path(sys.prefix) / ".installed").is_file()
+needs_make_venv = needs(TRAIN_VENV_INSTALLED, f"{Path(sys.prefix) / '.installed'}: this pytest does not run in "
+                                              f"the .venv/train that `make test` builds (Make tests use it)")
 
 
 def copy_dataset(src_root: Path, dst_root: Path, name: str = "demo") -> Path:
@@ -98,15 +125,62 @@ def copy_dataset(src_root: Path, dst_root: Path, name: str = "demo") -> Path:
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    """The lines of stderr that mention an error (no check: refusals are checked by refusal())."""
     return [line for line in proc.stderr.splitlines() if "error:" in line]
 
 
-def one_error(proc: subprocess.CompletedProcess) -> str:
-    """Bad input's contract: exit 2, no traceback, exactly one error line; that line."""
-    lines = error_lines(proc)
-    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, \
-        proc.stdout[-2000:] + proc.stderr[-2000:]
-    return lines[0]
+# `<who>: error: <what is wrong and the fix>` (services/common/log.py user_errors, the runner's own),
+# or the board runtime's `error: ...` (services/board/detect.py, which has no stage name to give).
+ERROR_LINE = re.compile(r"^(?:(?P<who>[\w.-]+): )?error: \S")
+# What make adds when a recipe fails: the recipe's own exit code.
+MAKE_FAILED = re.compile(r"^make(?:\[\d+\])?: \*\*\* \[[^\]]*\] Error (?P<code>\d+)$")
+# A tqdm progress bar ("val px:  95%|█████▌| 95/100 [00:00<00:00, 189img/s]"): redrawn in place with
+# carriage returns and erased when done (leave=False), so no line a user is left to read.
+PROGRESS = re.compile(r"\d%\||\[\d+:\d\d(?:<|, )")
+
+
+def stderr_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    """The lines stderr leaves on a terminal: split at newlines and carriage returns, without progress
+    bars and the blanks that erase them."""
+    return [seg for seg in re.split(r"[\r\n]", proc.stderr) if seg.strip() and not PROGRESS.search(seg)]
+
+
+def refusal(proc: subprocess.CompletedProcess, count: int = 1, who: str | None = None,
+            usage: bool = False) -> list[str]:
+    """A refusal as the user sees it (services/common/log.py user_errors): exit 2, no traceback, and
+    stderr holds exactly `count` lines, each `<who>: error: ...` (one per problem: one line, unless a
+    stage lists several missing files; progress bars, erased as they go, are no lines). Through make, stderr ends with make's own `make: *** [...]
+    Error 2`, which says the recipe itself exited 2 (make exits 2 for any failed recipe, a crash too).
+    usage=True: a command-line mistake caught by argparse, whose `usage: ...` block (and nothing else)
+    comes above the error line. Returns the error lines."""
+    shown = f"exit {proc.returncode}\nstdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, shown
+    assert proc.returncode == 2, shown
+    lines = stderr_lines(proc)
+    made = MAKE_FAILED.match(lines[-1]) if lines else None
+    if made:
+        assert made["code"] == "2", f"make says the recipe exited {made['code']}, not 2 (a refusal)\n{shown}"
+        lines = lines[:-1]
+    if usage:
+        assert lines and lines[0].startswith("usage: "), f"expected argparse's usage above the error\n{shown}"
+        lines = [line for line in lines[1:] if not line.startswith(" ")]  # its continuation lines are indented
+    assert len(lines) == count and all(ERROR_LINE.match(line) for line in lines), \
+        f"expected {count} error line(s) and nothing else on stderr\n{shown}"
+    if who is not None:
+        assert all(ERROR_LINE.match(line)["who"] == who for line in lines), f"expected '{who}: error: ...'\n{shown}"
+    return lines
+
+
+def one_error(proc: subprocess.CompletedProcess, who: str | None = None, usage: bool = False) -> str:
+    """The stage's one-line error (refusal() with one line): exit 2, no traceback, exactly one line on
+    stderr, `<who>: error: ...`; returns that line."""
+    return refusal(proc, 1, who, usage)[0]
+
+
+def completed(code: int, captured) -> subprocess.CompletedProcess:
+    """A main() run in this process as a CompletedProcess, for refusal(): its return code and what
+    capsys captured (capsys.readouterr())."""
+    return subprocess.CompletedProcess([], code, captured.out, captured.err)
 
 
 def make_real_root(root: Path, png: bytes, shared: Path = SHARED_CITYPERSONS) -> Path:
@@ -168,3 +242,39 @@ def _pids_with(words: list) -> list:
         if all(w.encode() in argv for w in words):
             pids.append(int(cmdline.parent.name))
     return pids
+
+
+NETGUARD = ROOT / "tests" / "netguard"
+
+
+@dataclasses.dataclass
+class NetGuard:
+    """tests/netguard in a stage's environment: every network attempt fails and is logged, and every
+    process that loaded the guard writes its command line to a list, so a test proves the guard ran
+    in the stage before it trusts an empty log of attempts."""
+    folder: Path
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "network-attempts.log"
+
+    @property
+    def loaded(self) -> Path:
+        return self.folder / "netguard-loaded.txt"
+
+    def env(self, before=()) -> dict:
+        """PYTHONPATH (with `before` ahead of the guard: a sitecustomize of the test's own that runs the
+        guard's after itself) and the guard's two files."""
+        return {"PYTHONPATH": os.pathsep.join([*map(str, before), str(NETGUARD)]), "NETGUARD_LOG": str(self.log),
+                "NETGUARD_LOADED": str(self.loaded)}
+
+    def processes(self) -> list[str]:
+        return self.loaded.read_text().splitlines() if self.loaded.is_file() else []
+
+    def assert_no_network(self, *modules: str) -> None:
+        """The guard ran in a `python -m services.<module>` process for each module, and nothing tried
+        the network."""
+        for module in modules:
+            assert any(f" -m services.{module}" in p for p in self.processes()), \
+                f"tests/netguard did not load in services.{module}; processes that loaded it: {self.processes()}"
+        assert not self.log.exists(), f"network attempts: {self.log.read_text()}"

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.helpers import one_error
+from tests.helpers import completed, one_error
 from services.board import backends, bundle as bundle_checks, detect as board_detect, pipeline
 from services.board import yolo_core as core
 from services.board.errors import BadInput, LayoutError
@@ -224,9 +224,9 @@ def test_main_refuses_bad_input_in_one_line_before_any_work(tmp_path, capsys):
 
     def refused(*args, folder=folder) -> str:
         code = board_detect.main(folder, [*map(str, args), "--report", str(tmp_path / "report.json")])
-        err = capsys.readouterr().err.splitlines()
-        assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
-        return err[0]
+        line = one_error(completed(code, capsys.readouterr()))
+        assert line.startswith("error: "), line  # the board's own line: no stage name
+        return line
 
     assert "nowhere.mp4 does not exist" in refused(tmp_path / "nowhere.mp4", "--backend", "onnx")
     line = refused(image, "--platform", "rk3568")
@@ -313,12 +313,14 @@ def test_the_runtime_needs_nothing_of_the_project_but_decode(tmp_path):
 @pytest.mark.parametrize("kind", ["images", "video"])
 def test_three_contexts_give_the_detections_of_one_in_frame_order(bundle, sources, kind, tmp_path):
     source, names, gt = sources[kind]
-    runs = {}
+    runs, elapsed = {}, {}
     for cores in ("0", "all"):
         out = tmp_path / cores
         out.mkdir()
+        t0 = time.perf_counter()
         proc = detect(bundle, source, "--backend", "onnx", "--cores", cores, "--conf", "0.001", "--json",
                       out / "results.json", "--gt", gt, "--out", out / "drawn", cwd=out)
+        elapsed[cores] = time.perf_counter() - t0  # the process's whole life, start-up included
         assert proc.returncode == 0, proc.stderr[-2000:]
         printed = [line.split(":")[0] for line in proc.stdout.splitlines() if " person(s), NPU " in line]
         assert printed == names  # every frame, in input order, whichever context finished first
@@ -336,13 +338,35 @@ def test_three_contexts_give_the_detections_of_one_in_frame_order(bundle, source
     assert all(n > 0 for n in report3["frames_per_core"].values()), report3["frames_per_core"]  # each core ran
     assert report3["model"] == "tiny.rknn-head.onnx" and report3["backend"] == "onnx"
     assert report3["bundle"]["layout"] == "dfl" and report3["platform"]["bundle_platform"] == "rk3588"
-    for stage in ("read", "pre", "npu", "post", "write", "end_to_end"):
-        s = report3["latency_ms"][stage]
-        assert 0 <= s["p50"] <= s["p95"] and s["mean"] >= 0, (stage, s)
+    assert_measured(report1, len(names), elapsed["0"])
+    assert_measured(report3, len(names), elapsed["all"])
     fps = report3["throughput_fps"]
     assert fps["mean"] > 0 and fps["p50"] >= fps["p95"] > 0
     for label in ("pre-processing", "NPU", "post-processing", "end to end", "throughput (frames/s)"):
         assert label in stdout
+
+
+def assert_measured(report: dict, frames: int, elapsed_s: float) -> None:
+    """board_report.json's numbers are measurements of this run, in the units they name: each stage's
+    latency in ms (the real work of pre-processing, inference and post-processing takes time; 0 <= p50 <=
+    p95), a frame's end to end at least the sum of its stages (the mean is linear), the run's wall time
+    within the process's life, the mean throughput frames over that wall time, no more than the contexts
+    could infer in it, and the frames in flight (throughput x end-to-end latency, Little's law) at least
+    about one and at most the pipeline's slots."""
+    lat, fps, contexts = report["latency_ms"], report["throughput_fps"], report["contexts"]
+    for stage in ("read", "pre", "npu", "post", "write", "end_to_end"):
+        s = lat[stage]
+        assert 0 <= s["p50"] <= s["p95"] and s["mean"] >= 0, (stage, s)
+    for stage in ("pre", "npu", "post", "end_to_end"):  # real work on every frame
+        assert lat[stage]["p50"] > 0 and lat[stage]["mean"] > 0, (stage, lat[stage])
+    stages = sum(lat[k]["mean"] for k in ("read", "pre", "npu", "post", "write"))
+    assert lat["end_to_end"]["mean"] >= stages - 0.01, lat  # (each mean is rounded to 0.001 ms)
+    wall = report["wall_s"]
+    assert 0 < wall <= elapsed_s and lat["end_to_end"]["p95"] <= 1000 * wall, (wall, elapsed_s, lat)
+    assert fps["mean"] == pytest.approx(frames / wall, rel=0.01), (fps, frames, wall)
+    assert frames * lat["npu"]["mean"] / contexts <= 1000 * wall * 1.05, (lat["npu"], contexts, wall)
+    in_flight = fps["mean"] * lat["end_to_end"]["mean"] / 1000
+    assert 0.5 <= in_flight <= pipeline.FRAMES_PER_CONTEXT * contexts + 1, (in_flight, fps, lat["end_to_end"])
 
 
 def test_bad_input_is_one_line_before_any_work(bundle, sources, tmp_path):
@@ -350,7 +374,7 @@ def test_bad_input_is_one_line_before_any_work(bundle, sources, tmp_path):
     bad, ok = tmp_path / "bad", tmp_path / "ok"
     bad.mkdir(), ok.mkdir()
     for cores in ("3", "-1", "0,1", "ALL"):
-        line = one_error(detect(bundle, images, "--backend", "onnx", "--cores", cores, cwd=bad))
+        line = one_error(detect(bundle, images, "--backend", "onnx", "--cores", cores, cwd=bad), usage=True)
         assert "--cores" in line and "'all'" in line
     # a bundle for another SoC: the board says which it is (/proc/device-tree/compatible, or --platform)
     line = one_error(detect(bundle, images, "--platform", "rk3568", cwd=bad))
@@ -426,7 +450,8 @@ def test_the_demo_bundle_on_the_cpu_gives_the_evaluations_detections(demo_run, t
     ours = json.loads((tmp_path / "board.json").read_text())
     by_image = lambda dets: {i: [d for d in dets if d["image_id"] == i] for i in {d["image_id"] for d in dets}}
     ours, theirs = by_image(ours), by_image(evaluated)
-    assert ours.keys() == theirs.keys()
+    images = {im["id"] for im in json.loads((yolo / "val_gt.json").read_text())["images"]}
+    assert len(images) == 60 and ours.keys() == theirs.keys() == images  # at conf 0.001 every frame has some
     for i in theirs:  # onnxruntime on one thread or several: float sums in another order, hence a tolerance
         assert len(ours[i]) == len(theirs[i]), i
         a = np.array([d["bbox"] + [d["score"]] for d in ours[i]])

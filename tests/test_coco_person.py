@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.helpers import ROOT, demo_root, error_lines, one_error, run_module, stage_env
+from tests.helpers import ROOT, demo_root, one_error, refusal, run_module, stage_env
 from services.common import config
 from services.dataset import coco
 
@@ -235,10 +235,7 @@ def test_truncated_archive_is_refused_and_nothing_extracted(tmp_path, demo_raw):
 
 def test_offline_lists_every_missing_file_once(tmp_path, demo_raw):
     root = demo_root(tmp_path, demo_raw)
-    proc = stage(root)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    lines = error_lines(proc)
-    assert len(lines) == 2, proc.stderr
+    lines = refusal(stage(root), 2, "dataset")
     assert "missing COCO 2017 annotations (annotations_trainval2017.zip" in lines[0]
     assert "http://images.cocodataset.org/annotations/annotations_trainval2017.zip" in lines[0]
     assert "put it at datasets/coco/raw/annotations_trainval2017.zip" in lines[0]

@@ -4,6 +4,7 @@ through `make train RUNNER=docker` as a non-root user, TensorBoard through `dock
 (tests/engine.py). The time each phase takes is printed at the end of the session."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import engine
-from tests.helpers import ROOT, make, needs_make_venv, phase_time
+from tests.helpers import ROOT, make, needs_make_venv, phase_time, require, run_module
 
 # containers: the live engine tier; slow too (image builds and a real training in a container)
 pytestmark = [needs_make_venv, pytest.mark.containers, pytest.mark.slow]
@@ -22,6 +23,8 @@ pytestmark = [needs_make_venv, pytest.mark.containers, pytest.mark.slow]
 UID = GID = 4242  # not root: CI runs as root, and files owned by root would prove nothing
 # Short but complete: real training in the train container, INT8 conversion in the convert one.
 CHAIN_ARGS = "train.epochs=2 dataset.calib_images=20 convert.analysis_images=1"
+FORMATS = ("pt", "onnx", "onnx-rknn-head", "rknn")
+MISS_RATE_SETUPS = {"Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All"}
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +34,10 @@ def containers():
         yield {"vars": ["DOCKER=docker", f"COMPOSE={engine.COMPOSE_BIN}"], "env": dict(os.environ),
                "docker_cli": "docker"}
         return
-    reason = engine.why_not_podman()
-    if reason:
-        pytest.skip(f"no Docker engine answers and {reason}")
+    if os.geteuid() != 0:  # the machine's, not the suite's: podman here runs rootful
+        pytest.skip("no Docker engine answers, and podman here runs rootful: run the test suite as root")
+    require(engine.why_not_podman() is None, f"a container engine: no Docker engine answers and "
+                                             f"{engine.why_not_podman()}")
     env = engine.podman_env()
     with phase_time("containers: podman base image (debootstrap, once per machine)"):
         engine.ensure_base_image(env)
@@ -87,10 +91,15 @@ def chain(containers, tmp_path_factory):
 
 
 def test_missing_images_are_built_first(chain):
+    """An image is built exactly when its tag is missing: the line and the build when it was, neither
+    when it was there (whichever this machine had, both sides are asserted)."""
     out = chain["first"].stdout + chain["proc"].stdout
+    assert set(chain["tags"]) == {"train", "convert"}, chain["tags"]
     for kind, tag in chain["tags"].items():
-        if chain["missing"][kind]:
-            assert f"images: {tag} is not built yet; building it first" in out
+        said = f"images: {tag} is not built yet; building it first" in out
+        built = f"images: building {tag} from Dockerfile.{kind}" in out
+        assert said == built == chain["missing"][kind], (kind, chain["missing"], out[-3000:])
+        assert out.count(f"images: building {tag} ") <= 1  # once, not once per stage
         assert subprocess.run([chain["docker"], "image", "inspect", tag], capture_output=True).returncode == 0
 
 
@@ -109,16 +118,67 @@ def test_chain_in_containers_writes_every_artifact_as_the_invoking_user(chain):
     assert len((root / "runs" / "demo" / "train" / "results.csv").read_text().splitlines()) == 3
     rknn = json.loads((art / "metrics" / "rknn.json").read_text())
     assert "val" in rknn["sets"]
+    metrics = {fmt: assert_sane_metrics(root, fmt) for fmt in FORMATS}
+    assert rknn["device"].startswith("rknn-toolkit2 simulator") and metrics["onnx"]["device"].startswith("onnxruntime")
+    # every format scored the same images against the same ground truth
+    assert len({json.dumps(m["fingerprint"]["ground_truth_sha256"]) for m in metrics.values()}) == 1
     # Every file the containers wrote belongs to the invoking user, not to root.
     owners = {(p.stat().st_uid, p.stat().st_gid) for d in ("datasets", "artifacts", "runs")
               for p in (root / d).rglob("*")}
     assert owners == {(UID, GID)}, owners
 
 
+def assert_sane_metrics(root: Path, fmt: str) -> dict:
+    """One format's metrics within what they can be, whatever 2 epochs learned: every val image scored,
+    the detections file holding the count said, 0 <= AP <= AP50 <= 1, each miss rate in [0, 1], the
+    model's size that of the file evaluated."""
+    m = json.loads((root / "artifacts/demo/metrics" / f"{fmt}.json").read_text())
+    val = m["sets"]["val"]
+    gt = json.loads((root / "datasets/demo/yolo/val_gt.json").read_text())
+    assert m["format"] == fmt and val["images"] == len(gt["images"]) == 60, (fmt, val["images"])
+    assert len(json.loads((root / val["detections_file"]).read_text())) == val["detections"] >= 0, fmt
+    coco = val["coco"]
+    assert 0 <= coco["AP"] <= coco["AP50"] <= 1 and all(0 <= coco[k] <= 1 for k in ("AP75", "AR1", "AR100")), coco
+    assert set(val["miss_rate"]) == MISS_RATE_SETUPS and all(0 <= v <= 1 for v in val["miss_rate"].values()), val
+    assert m["model_bytes"] == (root / m["weights"]).stat().st_size > 0, fmt
+    return m
+
+
+def test_the_containers_numbers_are_the_local_evaluators(chain, tmp_path):
+    """The onnx model the containers exported, evaluated again here by the local environment (same lock
+    files): the same numbers as the evaluate container's."""
+    ours = local_evaluation(chain["root"], tmp_path, "onnx")
+    theirs = json.loads((chain["root"] / "artifacts/demo/metrics/onnx.json").read_text())["sets"]["val"]
+    assert_same_numbers(ours, theirs)
+
+
+def local_evaluation(root: Path, scratch: Path, fmt: str) -> dict:
+    """`fmt`'s val metrics computed by the local evaluate stage on a copy of root's dataset and models
+    (root's own files stay the containers', owned by their user)."""
+    for part in ("datasets/demo", "artifacts/demo/models", "artifacts/demo/weights"):
+        shutil.copytree(root / part, scratch / part)
+    proc = run_module("evaluate", ["--config", str(ROOT / "configs/demo.yaml"), f"evaluate.format={fmt}",
+                                   *CHAIN_ARGS.split()], scratch)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads((scratch / "artifacts/demo/metrics" / f"{fmt}.json").read_text())["sets"]["val"]
+
+
+def assert_same_numbers(ours: dict, theirs: dict) -> None:
+    assert ours["images"] == theirs["images"] and abs(ours["detections"] - theirs["detections"]) <= \
+        max(2, theirs["detections"] // 100), (ours["detections"], theirs["detections"])
+    for key, value in theirs["coco"].items():
+        if key != "library":
+            assert abs(ours["coco"][key] - value) <= 1e-3, (key, ours["coco"][key], value)
+    for key, value in theirs["miss_rate"].items():
+        assert abs(ours["miss_rate"][key] - value) <= 1e-3, (key, ours["miss_rate"][key], value)
+
+
 def test_failed_stage_is_named_with_its_last_log_lines(containers, chain):
     proc = cmake(containers, "train", "EXP=demo",
                  f"ARGS={CHAIN_ARGS} evaluate.format=pt evaluate.weights=artifacts/demo/weights/missing.pt", root=chain["root"])
-    assert proc.returncode != 0
+    # make's trailer: the chain's own exit 2 (the evaluate stage's refusal, passed on), no traceback
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1].endswith("] Error 2"), proc.stderr[-3000:]
     assert "evaluate: the container failed (exit 2); its last log lines:" in proc.stderr
     log_lines = [line for line in proc.stderr.splitlines() if line.startswith("  | ")]
     assert any("missing.pt" in line for line in log_lines), proc.stderr[-2000:]

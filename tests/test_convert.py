@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import (CONVERT_PY, ROOT, copy_dataset, error_lines, needs_convert_env, one_error, stage_env)
+from tests.helpers import (CONVERT_PY, ROOT, copy_dataset, needs_convert_env, one_error, stage_env)
 
 DEMO = str(ROOT / "configs" / "demo.yaml")
 
@@ -52,6 +52,7 @@ def test_export_writes_both_heads_with_parity(demo_run):
         dims = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
         assert dims == [1, 3, 256, 256]  # static, batch 1
     parity = json.loads((root / "artifacts/demo/metrics/export.json").read_text())["parity_vs_pt"]
+    assert set(parity) == {"onnx", "onnx-rknn-head"} and all(p["images"] == 8 for p in parity.values()), parity
     for head in ("onnx", "onnx-rknn-head"):
         assert parity[head]["max_abs_diff"] < 0.05 and parity[head]["top_detections_agree"] is True
     print(f"demo AP50: pt {ap50(root, 'pt'):.4f}, onnx {ap50(root, 'onnx'):.4f}, "
@@ -97,6 +98,8 @@ def test_board_bundle_decodes_like_the_simulator_evaluation(demo_run):
     ids = {im["im_name"]: im["id"] for im in gt["images"]}
     import cv2
     assert bundle["layout"] == "dfl" and loaded.layout == "dfl"
+    assert len(sim["names"]) == 2  # the convert stage keeps the simulator's outputs for 2 val images
+    compared = 0
     for i, name in enumerate(sim["names"]):
         image = cv2.imread(str(root / "datasets/demo/yolo/val/images" / str(name)))
         _, meta = runtime.yolo_core.preprocess(image, loaded.size)
@@ -107,6 +110,8 @@ def test_board_bundle_decodes_like_the_simulator_evaluation(demo_run):
         ours = runtime.yolo_core.to_coco(ids[str(name)], boxes, scores, cls, bundle["category_ids"])
         theirs = [d for d in evaluated if d["image_id"] == ids[str(name)]]
         assert ours == theirs and ours
+        compared += 1
+    assert compared == 2
 
 
 @needs_convert_env
@@ -117,10 +122,8 @@ def test_convert_bad_input(demo_run, tmp_path):
         return subprocess.run([str(CONVERT_PY), "-m", "services.convert", "--config", DEMO, *extra], cwd=ROOT,
                               env=stage_env(root), capture_output=True, text=True, timeout=600)
 
-    proc = convert()
-    assert proc.returncode == 2 and "run `make export` first" in error_lines(proc)[0]
-    proc = convert("convert.platform=rk9999")
-    assert proc.returncode == 2 and "rk3588" in error_lines(proc)[0]
+    assert "run `make export` first" in one_error(convert(), "convert")
+    assert "rk3588" in one_error(convert("convert.platform=rk9999"), "convert")
 
     models = root / "artifacts/demo/models"
     models.mkdir(parents=True)
@@ -129,14 +132,14 @@ def test_convert_bad_input(demo_run, tmp_path):
     m = onnx.load(str(src))
     m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
     onnx.save(m, str(models / "demo.rknn-head.onnx"))
-    line = error_lines(convert())[0]
+    line = one_error(convert(), "convert")
     assert "static (1, 3, h, w)" in line and "['batch', 3, 256, 256]" in line
 
     (models / "demo.rknn-head.onnx").write_bytes(src.read_bytes())
     victims = [root / p for p in (root / "datasets/demo/yolo/calib.txt").read_text().split()[:2]]
     for v in victims:
         v.unlink()
-    line = error_lines(convert())[0]
+    line = one_error(convert(), "convert")
     assert "2 of 100 image(s) missing or unreadable" in line and victims[0].name in line
     assert not list(models.glob("*.rknn")) and not list(models.glob(".*tmp*"))
 

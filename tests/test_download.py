@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (ROOT, SHARED_CITYPERSONS, demo_root, error_lines, needs_real_citypersons, run_module)
+from tests.helpers import (NetGuard, ROOT, SHARED_CITYPERSONS, demo_root, needs_real_citypersons, one_error, refusal, require,
+                           run_module)
 from services.common import config
 from services.common.log import UserError
 from services.dataset import citypersons, download
@@ -195,8 +196,7 @@ def test_stage_refuses_files_that_are_not_the_official_ones(tmp_path, demo_raw, 
     server.files["/zips/val2017.zip"] = body
     server.files["/annotations/annotations_trainval2017.zip"] = body[:1000]
     proc = coco_stage(root, f"dataset.coco_url={server.url}")
-    lines = error_lines(proc)
-    assert proc.returncode == 2 and len(lines) == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = refusal(proc, 2, "dataset")
     assert "offers 1000 bytes, but the official annotations_trainval2017.zip has 252907541" in lines[0]
     assert f"offers {len(body)} bytes, but the official val2017.zip has 815585330" in lines[1]
     assert "put it at datasets/coco/raw/val2017.zip" in lines[1]
@@ -211,23 +211,20 @@ def test_no_network_attempt_when_the_files_are_present(tmp_path, demo_raw):
     src = tmp_path / "made"
     make_coco_raw(src)
     zip_coco(src, root / "datasets/coco/raw")
-    net_log = tmp_path / "network-attempts.log"
-    guard = {"PYTHONPATH": str(ROOT / "tests" / "netguard"), "NETGUARD_LOG": str(net_log), "PIPELINE_OFFLINE": "0"}
-    proc = run_module("dataset", ["--config", CITYPERSONS], root, env=guard)
+    guard = NetGuard(tmp_path)
+    proc = run_module("dataset", ["--config", CITYPERSONS], root, env={**guard.env(), "PIPELINE_OFFLINE": "0"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (root / "datasets/citypersons/yolo/manifest.json").is_file()
     assert (root / "datasets/coco/yolo/person_val2017.json").is_file()
-    assert not net_log.exists(), f"network attempts: {net_log.read_text()}"
+    guard.assert_no_network("dataset")
 
 
 def test_offline_with_files_missing_lists_each_file_and_touches_no_network(tmp_path):
-    net_log = tmp_path / "network-attempts.log"
-    guard = {"PYTHONPATH": str(ROOT / "tests" / "netguard"), "NETGUARD_LOG": str(net_log), "PIPELINE_OFFLINE": "1"}
+    guard = NetGuard(tmp_path)
     env = {k: "" for k in ("CITYSCAPES_USERNAME", "CITYSCAPES_PASSWORD")}
-    proc = run_module("dataset", ["--config", CITYPERSONS], tmp_path / "root", env={**guard, **env})
-    lines = error_lines(proc)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert len(lines) == 5, proc.stderr  # two .mat files, the Cityscapes zip, the two COCO archives
+    proc = run_module("dataset", ["--config", CITYPERSONS], tmp_path / "root",
+                      env={**guard.env(), "PIPELINE_OFFLINE": "1", **env})
+    lines = refusal(proc, 5, "dataset")  # two .mat files, the Cityscapes zip, the two COCO archives
     mat, cityscapes, coco_lines = lines[:2], lines[2], lines[3:]
     for line, split in zip(mat, ("train", "val")):
         assert f"missing CityPersons {split} annotations (anno_{split}.mat" in line and "offline (OFFLINE=1)" in line
@@ -238,7 +235,7 @@ def test_offline_with_files_missing_lists_each_file_and_touches_no_network(tmp_p
     assert "CITYSCAPES_USERNAME and CITYSCAPES_PASSWORD" in cityscapes
     assert "http://images.cocodataset.org/annotations/annotations_trainval2017.zip" in coco_lines[0]
     assert "http://images.cocodataset.org/zips/val2017.zip" in coco_lines[1]
-    assert not net_log.exists(), f"network attempts: {net_log.read_text()}"
+    guard.assert_no_network("dataset")
     assert not (tmp_path / "root/datasets/citypersons/raw").exists()
 
 
@@ -281,40 +278,38 @@ for _entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
 """
 
 
-def without_cityscapesscripts(tmp_path: Path, net_log: Path) -> dict:
+def without_cityscapesscripts(tmp_path: Path, guard: NetGuard) -> dict:
     """Environment for a stage process in which cityscapesscripts cannot be imported (it is installed
     in the test environment) and every network attempt is blocked and logged (tests/netguard): one
     sitecustomize.py can run per process, so the hiding one runs netguard's after itself."""
     hide = tmp_path / "hide-cityscapesscripts"
     hide.mkdir()
     (hide / "sitecustomize.py").write_text(HIDE_CITYSCAPESSCRIPTS)
-    return {"PYTHONPATH": os.pathsep.join([str(hide), str(ROOT / "tests" / "netguard")]),
-            "NETGUARD_LOG": str(net_log)}
+    return guard.env(before=[hide])
 
 
 def test_cityscapes_account_without_the_downloader_says_how_to_install_it(tmp_path, demo_raw):
-    net_log = tmp_path / "network-attempts.log"
-    guard = without_cityscapesscripts(tmp_path, net_log)
+    guard = NetGuard(tmp_path)
+    hidden = without_cityscapesscripts(tmp_path, guard)
     # the hiding must work, or this test would prove nothing; netguard, chained after it, too
     probe = subprocess.run(
         [sys.executable, "-c", "import socket\ntry:\n import cityscapesscripts\nexcept ModuleNotFoundError:\n"
          " print('hidden')\ntry:\n socket.getaddrinfo('example.org', 80)\nexcept OSError:\n pass"],
-        env={**os.environ, **guard}, capture_output=True, text=True, timeout=60)
-    if probe.stdout.split() != ["hidden"]:
-        pytest.skip(f"cannot hide cityscapesscripts from a subprocess here: {probe.stdout + probe.stderr}")
-    assert net_log.read_text() == "getaddrinfo example.org\n", "netguard did not run after the hiding"
-    net_log.unlink()  # the probe's own, deliberate attempt
+        env={**os.environ, **hidden}, capture_output=True, text=True, timeout=60)
+    require(probe.stdout.split() == ["hidden"],
+            f"a subprocess that cannot import cityscapesscripts (the test's sitecustomize): {probe.stdout + probe.stderr}")
+    assert guard.log.read_text() == "getaddrinfo example.org\n", "netguard did not run after the hiding"
+    guard.log.unlink()  # the probe's own, deliberate attempt
     root = tmp_path / "root"
     shutil.copytree(demo_raw, root / "datasets/citypersons/raw")
     shutil.rmtree(root / "datasets/citypersons/raw/leftImg8bit")
-    env = {**guard, "PIPELINE_OFFLINE": "0", "CITYSCAPES_USERNAME": "someone", "CITYSCAPES_PASSWORD": "secret"}
+    env = {**hidden, "PIPELINE_OFFLINE": "0", "CITYSCAPES_USERNAME": "someone", "CITYSCAPES_PASSWORD": "secret"}
     proc = run_module("dataset", ["--config", CITYPERSONS, "evaluate.sets=[val]"], root, env=env)
-    lines = error_lines(proc)
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert "cityscapesscripts (its downloader) is not installed" in lines[0]
-    assert "-m pip install cityscapesscripts" in lines[0] and "leftImg8bit_trainvaltest.zip" in lines[0]
+    line = one_error(proc, "dataset")
+    assert "cityscapesscripts (its downloader) is not installed" in line
+    assert "-m pip install cityscapesscripts" in line and "leftImg8bit_trainvaltest.zip" in line
     assert "secret" not in proc.stderr + proc.stdout
-    assert not net_log.exists(), f"network attempts: {net_log.read_text()}"
+    guard.assert_no_network("dataset")
 
 
 # ------------------------------------------------------------------------------ Cityscapes, with an account
@@ -405,10 +400,9 @@ def test_cityscapes_wrong_password_is_one_line_and_leaves_raw_alone(tmp_path, de
     cityscapes_site(server, b"never sent")
     proc = run_module("dataset", ["--config", CITYPERSONS, "evaluate.sets=[val]",
                                   f"dataset.cityscapes_url={server.url}"], root, env=account("wrong-one"))
-    lines = error_lines(proc)
-    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "the Cityscapes login failed: check CITYSCAPES_USERNAME and CITYSCAPES_PASSWORD" in lines[0]
-    assert "put it at datasets/citypersons/raw/leftImg8bit_trainvaltest.zip" in lines[0]
+    line = one_error(proc, "dataset")
+    assert "the Cityscapes login failed: check CITYSCAPES_USERNAME and CITYSCAPES_PASSWORD" in line
+    assert "put it at datasets/citypersons/raw/leftImg8bit_trainvaltest.zip" in line
     assert sorted(p.name for p in (root / "datasets/citypersons/raw").iterdir()) == MAT_ONLY
     assert not (root / "datasets/citypersons/.downloads").exists()
     assert server.logins == [(CITYSCAPES_USER, False)] and [p for p, _, _ in server.log] == ["/login"]

@@ -1,10 +1,11 @@
 """The evaluation stage: shared pre/post-processing, pycocotools AP, the miss rate, bad input."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, copy_dataset, demo_root, error_lines, run_module
+from tests.helpers import ROOT, copy_dataset, demo_root, one_error, run_module
 from services.common import decode
 from services.evaluate import scoring
 
@@ -145,55 +146,76 @@ def test_scoring_bad_input():
     assert empty["Reasonable"]["MR"] == empty["All"]["MR"] == 1.0
 
 
-class FindsNothing:
-    """A model whose every anchor scores 0 (standard head, one class): no detection at all."""
-    name, batch_ok, layout, device = "onnx", False, "standard", "test stand-in"
+def finds_nothing_onnx(path: Path, size=(256, 256)) -> Path:
+    """A real ONNX model with the standard head's output (1, 5, anchors) for an input of `size`: per
+    stride an average pool and a 1x1 convolution to (cx, cy, w, h, score logit), the score a sigmoid of
+    a logit near -30 whatever the frame, so below any conf: it detects nothing."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    h, w = size
+    nodes, weights, parts = [], [], []
+    for s in decode.STRIDES:
+        bias = np.array([s / 2, s / 2, 2 * s, 4 * s, -30], np.float32)  # a plausible box, a hopeless score
+        weights += [numpy_helper.from_array(np.full((5, 3, 1, 1), 0.01, np.float32), f"w{s}"),
+                    numpy_helper.from_array(bias, f"b{s}")]
+        nodes += [helper.make_node("AveragePool", ["images"], [f"pool{s}"], kernel_shape=[s, s], strides=[s, s]),
+                  helper.make_node("Conv", [f"pool{s}", f"w{s}", f"b{s}"], [f"head{s}"]),
+                  helper.make_node("Reshape", [f"head{s}", "flat"], [f"part{s}"])]
+        parts.append(f"part{s}")
+    weights.append(numpy_helper.from_array(np.array([1, 5, -1], np.int64), "flat"))
+    nodes += [helper.make_node("Concat", parts, ["raw"], axis=2),
+              helper.make_node("Split", ["raw", "split"], ["boxes", "logits"], axis=1),
+              helper.make_node("Sigmoid", ["logits"], ["scores"]),
+              helper.make_node("Concat", ["boxes", "scores"], ["output0"], axis=1)]
+    weights.append(numpy_helper.from_array(np.array([4, 1], np.int64), "split"))
+    anchors = sum((h // s) * (w // s) for s in decode.STRIDES)
+    graph = helper.make_graph(nodes, "finds-nothing", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                                                                    [1, 3, h, w])],
+                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, anchors])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
 
-    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
-        n, _, h, w = x.shape
-        anchors = sum((h // s) * (w // s) for s in (8, 16, 32))
-        return [np.zeros((n, 5, anchors), np.float32)]
 
-
-def test_empty_detection_set_gives_zero_ap_and_a_warning(tmp_path, demo_raw, capsys):
-    """The stage's evaluation of a model that finds nothing on the demo val split: the warning the
-    user sees on stderr, and AP 0 and MR-2 100 % in the metrics file."""
+def test_empty_detection_set_gives_zero_ap_and_a_warning(tmp_path, demo_raw):
+    """The stage's evaluation of a model that finds nothing on the demo val split, a real ONNX model
+    run through the normal ONNX backend: the warning the user sees on stderr, and AP 0 and MR-2 100 %
+    in the metrics file."""
     from services.common import config
     from services.dataset import citypersons
-    from services.evaluate import evaluate
     root = demo_root(tmp_path, demo_raw)
     cfg = config.load(DEMO, ["evaluate.sets=[val]"])
     citypersons.convert(cfg, root=root)
-    weights = tmp_path / "finds-nothing.onnx"
-    weights.write_bytes(b"stand-in: the backend above is the model")
-    capsys.readouterr()
-    result = evaluate.evaluate_one(cfg, "onnx", weights, root, backend=FindsNothing())
-    err = capsys.readouterr().err
+    weights = finds_nothing_onnx(root / "artifacts/demo/models/demo.onnx")  # where the export stage writes it
+    proc = run_module("evaluate", ["--config", DEMO, "evaluate.sets=[val]", "evaluate.format=onnx"], root)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    err = proc.stderr
     assert "evaluate: warning: onnx on val: no detections at all; AP is 0 and the miss rate 100 %" in err, err
+    result = json.loads((root / "artifacts/demo/metrics/onnx.json").read_text())
+    assert result["device"].startswith("onnxruntime CPU") and result["weights"] == "artifacts/demo/models/demo.onnx"
+    assert result["model_bytes"] == weights.stat().st_size
     val = result["sets"]["val"]
     assert val["images"] == 60 and val["detections"] == 0
     assert all(val["coco"][k] == 0.0 for k in scoring.COCO_STATS)
     assert val["miss_rate"] == {"Reasonable": 1.0, "Reasonable_small": 1.0, "Reasonable_occ=heavy": 1.0, "All": 1.0}
-    assert json.loads((root / "artifacts/demo/metrics/onnx.json").read_text())["sets"]["val"] == val
+    assert json.loads((root / val["detections_file"]).read_text()) == []
 
 
 def test_stage_bad_input(demo_run, tmp_path):
     root = copy_dataset(demo_run[0], tmp_path)
-    proc = run_module("evaluate", ["--config", DEMO], root)
-    line = error_lines(proc)
-    assert proc.returncode == 2 and len(line) == 1 and "run `make fit` first" in line[0]
+    line = one_error(run_module("evaluate", ["--config", DEMO], root), "evaluate")
+    assert "run `make fit` first" in line
     (root / "artifacts/demo/weights").mkdir(parents=True)
     (root / "artifacts/demo/weights/model.onnx").write_bytes(b"junk")
-    proc = run_module("evaluate", ["--config", DEMO, "evaluate.format=pt",
-                                   "evaluate.weights=artifacts/demo/weights/model.onnx"], root)
-    line = error_lines(proc)
-    assert proc.returncode == 2 and "evaluate.format=pt but" in line[0] and "not a .pt file" in line[0]
-    proc = run_module("evaluate", ["--config", DEMO, "evaluate.format=onnx",
-                                   "evaluate.weights=artifacts/demo/weights/model.onnx"], root)
-    line = error_lines(proc)
-    assert proc.returncode == 2 and "artifacts/demo/weights/model.onnx (an ONNX model) cannot be read" in line[0]
-    assert "set evaluate.weights to a readable .onnx model" in line[0]  # the user's file: no stage rebuilds it
+    line = one_error(run_module("evaluate", ["--config", DEMO, "evaluate.format=pt",
+                                             "evaluate.weights=artifacts/demo/weights/model.onnx"], root), "evaluate")
+    assert "evaluate.format=pt but" in line and "not a .pt file" in line
+    line = one_error(run_module("evaluate", ["--config", DEMO, "evaluate.format=onnx",
+                                             "evaluate.weights=artifacts/demo/weights/model.onnx"], root), "evaluate")
+    assert "artifacts/demo/weights/model.onnx (an ONNX model) cannot be read" in line
+    assert "set evaluate.weights to a readable .onnx model" in line  # the user's file: no stage rebuilds it
     empty = tmp_path / "empty"
-    proc = run_module("evaluate", ["--config", DEMO, "evaluate.format=pt"], empty)
-    line = error_lines(proc)
-    assert proc.returncode == 2 and "run `make dataset` first" in line[0]
+    line = one_error(run_module("evaluate", ["--config", DEMO, "evaluate.format=pt"], empty), "evaluate")
+    assert "run `make dataset` first" in line

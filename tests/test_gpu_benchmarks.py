@@ -47,6 +47,15 @@ def test_gpu_train_smoke_test_on_the_cpu():
 def test_input_pipeline_benchmark_measures_every_cache_mode():
     proc = subprocess.run([sys.executable, "benchmarks/input_pipeline.py", "--images", "24"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode in (0, 1), proc.stderr[-2000:]  # 1: the bar, which 24 frames do not judge
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     modes = [line.split()[0] for line in proc.stdout.splitlines() if line.split()[:1] in (["none"], ["disk"], ["ram"])]
     assert modes == ["none", "disk", "ram"] and "bar: the default (disk)" in proc.stdout
+    # 24 frames do not judge the bar, but the exit code must be the verdict it prints: 0 ok, 1 missed
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.split()[:1] in (["none"], ["disk"])}
+    assert float(rows["disk"][3]) / float(rows["none"][3]) == pytest.approx(float(rows["disk"][4]), rel=0.05)
+    assert rows["none"][4] == "1.00"  # the table's `x none`: images/s per worker over none's
+    (bar,) = [line for line in proc.stdout.splitlines() if line.startswith("bar: the default (disk)")]
+    shown, verdict = bar.split()[-2:]
+    assert shown == f"{rows['disk'][4]}x", (bar, rows)
+    assert (proc.returncode, verdict) == ((0, "ok") if float(shown.rstrip("x")) >= 4.0 else (1, "MISSED")), \
+        (proc.returncode, bar, proc.stderr[-2000:])

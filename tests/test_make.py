@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests import engine
-from tests.helpers import ROOT, make, needs_make_venv, one_error
+from tests.helpers import NetGuard, ROOT, make, needs_make_venv, one_error, refusal
 from services.run import runner
 
 pytestmark = needs_make_venv
@@ -56,29 +56,24 @@ def test_second_run_skips_the_up_to_date_stage_and_force_reruns_it(demo_run):
 def test_bad_override_through_make_fails_with_one_line(demo_run):
     root, _ = demo_run
     proc = make("dataset", "EXP=demo", "ARGS=dataset.selection_fraction=2", root=root)
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if "error:" in line and "make" not in line]
-    assert len(lines) == 1 and "dataset.selection_fraction=2.0 is out of range" in lines[0]
+    assert "dataset.selection_fraction=2.0 is out of range" in one_error(proc, "dataset")
 
 
 def test_unknown_experiment_is_named(tmp_path):
-    proc = make("dataset", "EXP=nope", root=tmp_path)
-    assert proc.returncode != 0 and "configs/nope.yaml not found" in proc.stderr
-    assert "known experiments: citypersons, demo" in proc.stderr
+    line = one_error(make("dataset", "EXP=nope", root=tmp_path), "runner")
+    assert "configs/nope.yaml not found" in line and "known experiments: citypersons, demo" in line
 
 
 def test_make_dataset_offline_lists_what_to_fetch_and_touches_no_network(tmp_path):
     """`make dataset OFFLINE=1` for the real experiment on an empty project: one line per missing
     download (the .mat files, the Cityscapes zip, the COCO archives), no socket call at all."""
-    net_log = tmp_path / "network-attempts.log"
-    env = {"PYTHONPATH": str(ROOT / "tests" / "netguard"), "NETGUARD_LOG": str(net_log),
-           "CITYSCAPES_USERNAME": "", "CITYSCAPES_PASSWORD": ""}
+    guard = NetGuard(tmp_path)
+    env = {**guard.env(), "CITYSCAPES_USERNAME": "", "CITYSCAPES_PASSWORD": ""}
     proc = make("dataset", "OFFLINE=1", "RUNNER=local", root=tmp_path / "root", env=env)
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("dataset: error: missing ")]
-    assert len(lines) == 5, proc.stderr
+    lines = refusal(proc, 5, "dataset")
+    assert all(line.startswith("dataset: error: missing ") for line in lines), lines
     assert sum("offline (OFFLINE=1)" in line for line in lines) == 4  # the Cityscapes line needs an account
-    assert not net_log.exists(), f"network attempts: {net_log.read_text()}"
+    guard.assert_no_network("run", "dataset")  # the guard ran in the runner and in the stage: nothing tried
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.helpers import (CONVERT_PY, ROOT, make, needs_convert_env, needs_make_venv, one_error, stage_env)
+from tests.helpers import (CONVERT_PY, ROOT, make, needs_convert_env, needs_make_venv, one_error, require, stage_env)
 
 DEMO = str(ROOT / "configs" / "demo.yaml")
 FORMATS = ("pt", "onnx", "rknn")
@@ -50,11 +50,16 @@ def predicted(demo_run, tmp_path_factory):
     procs, kept = {}, root / "kept"
     for fmt in FORMATS:
         if fmt == "rknn" and not CONVERT_PY.is_file():
-            continue
+            continue  # said by each test of the format: needs_format()
         procs[fmt] = predict(root, "--source", source, fmt=fmt)
         assert procs[fmt].returncode == 0, procs[fmt].stdout[-3000:] + procs[fmt].stderr[-3000:]
         shutil.copytree(output(root, fmt), kept / fmt)  # later tests predict again into the same folders
     return root, source, procs
+
+
+def needs_format(procs: dict, fmt: str) -> None:
+    """The rknn format needs the convert environment: a skip without it, a failure under `make test`."""
+    require(fmt in procs, f"the convert environment's python {CONVERT_PY}, to predict with the rknn format")
 
 
 def detections(root: Path, fmt: str) -> dict:
@@ -65,8 +70,7 @@ def detections(root: Path, fmt: str) -> dict:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_each_format_draws_every_image_and_lists_it(predicted, fmt):
     root, source, procs = predicted
-    if fmt not in procs:
-        pytest.skip(f"no convert environment at {CONVERT_PY}")
+    needs_format(procs, fmt)
     names = sorted(p.name for p in source.iterdir())
     out = root / "kept" / fmt
     assert sorted(p.name for p in out.iterdir()) == sorted(names + ["detections.json"])  # nothing else left
@@ -91,8 +95,7 @@ def test_boxes_are_the_evaluations_boxes(predicted, fmt):
     detections.json): the same model file, letterbox and decode. For rknn this also proves the simulator
     model predict rebuilds is the one the convert stage measured."""
     root, source, procs = predicted
-    if fmt not in procs:
-        pytest.skip(f"no convert environment at {CONVERT_PY}")
+    needs_format(procs, fmt)
     gt = json.loads((root / "datasets/demo/yolo/val_gt.json").read_text())
     ids = {im["im_name"]: im["id"] for im in gt["images"]}
     evaluated = json.loads((root / f"artifacts/demo/metrics/{fmt}.val.detections.json").read_text())
@@ -112,6 +115,7 @@ def test_boxes_are_the_evaluations_boxes(predicted, fmt):
 
 def test_formats_agree_on_the_same_image(predicted):
     root, _, procs = predicted
+    assert set(procs) >= {"pt", "onnx"}
     found = {fmt: detections(root, fmt)["files"] for fmt in procs}
     checked = 0
     for name, entry in found["pt"].items():
@@ -123,6 +127,7 @@ def test_formats_agree_on_the_same_image(predicted):
                 assert best > 0.9, (fmt, name, box, score, best)
             checked += 1
     assert checked >= 3
+    needs_format(procs, "rknn")  # pt and onnx agree; the rknn format was among them (else said here)
 
 
 def test_a_video_gives_an_mp4_with_every_frame(predicted, tmp_path):
@@ -156,11 +161,10 @@ def test_a_video_gives_an_mp4_with_every_frame(predicted, tmp_path):
 
 
 def test_an_rknn_built_from_other_settings_is_refused(predicted):
-    root, source, _ = predicted
-    if not CONVERT_PY.is_file():
-        pytest.skip(f"no convert environment at {CONVERT_PY}")
+    root, source, procs = predicted
+    needs_format(procs, "rknn")
     before = sorted(p.name for p in output(root, "rknn").iterdir())
-    line = one_error(predict(root, "--source", source, "convert.algorithm=mmse", fmt="rknn"))
+    line = one_error(predict(root, "--source", source, "convert.algorithm=mmse", fmt="rknn"), "predict")
     assert "demo_int8_rk3588.rknn was built from other inputs" in line and "convert" in line
     assert "make convert" in line
     assert sorted(p.name for p in output(root, "rknn").iterdir()) == before

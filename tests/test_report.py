@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, copy_dataset, make, one_error, run_module
+from tests.helpers import ROOT, copy_dataset, make, one_error, require, run_module
 
 DEMO = str(ROOT / "configs" / "demo.yaml")
 FIGURES = {"training", "mr_fppi", "precision_recall", "conversion", "size_latency", "examples"}
@@ -79,7 +79,7 @@ def assert_cell(shown: str, values: list, digits: int, where: str) -> None:
 def test_sweep_report_numbers_are_the_mean_and_sample_std_over_seeds(sweep_report):
     root, name, report, proc = sweep_report
     expected = expected_groups(root, name)
-    assert expected and all(len(v["AP50"]) == 2 for v in expected.values())  # 2 seeds per variant
+    assert len(expected) == 2 * 4 and all(len(v["AP50"]) == 2 for v in expected.values())  # 2 seeds per variant
     data = json.loads((report / "report.json").read_text())
     rows = {(r["variant"], r["format"]): r for r in data["rows"] if r["set"] == "val"}
     assert set(rows) == set(expected)
@@ -120,10 +120,12 @@ def test_conversion_cost_is_paired_seed_by_seed(sweep_report):
     data = json.loads((report / "report.json").read_text())
     steps = {(r["variant"], r["from"], r["to"]): r for r in data["conversion"] if r["set"] == "val"}
     chain = ["pt", "onnx", "onnx-rknn-head", "rknn"]
+    assert len(sweep["variants"]) == 2, sweep["variants"]
+    assert set(steps) == {(v, a, b) for v in sweep["variants"] for a, b in zip(chain, chain[1:])}, sorted(steps)
+    compared = 0
     for variant in sweep["variants"]:
         trials = [t for t in sweep["trials"] if t["variant"] == variant and t["status"] in ("done", "skipped")]
-        if not trials:
-            continue
+        assert len(trials) == 2, (variant, sweep["trials"])  # both seeds, after the rerun
         for before, after in zip(chain, chain[1:]):
             deltas = []
             for t in trials:
@@ -134,6 +136,8 @@ def test_conversion_cost_is_paired_seed_by_seed(sweep_report):
             assert got["n"] == len(trials)
             assert math.isclose(got["mean"], float(np.mean(deltas)), abs_tol=1e-12)
             assert math.isclose(got["std"], float(np.std(deltas, ddof=1)), rel_tol=1e-9, abs_tol=1e-12)
+            compared += 1
+    assert compared == 2 * 3  # 2 variants x 3 conversion steps
 
 
 @pytest.mark.slow  # a trained sweep
@@ -151,8 +155,7 @@ def test_every_figure_is_written_as_pdf_and_png(sweep_report):
 
 @pytest.mark.slow  # a trained sweep
 def test_tables_tex_compiles_with_pdflatex_beside_the_figures(sweep_report, tmp_path):
-    if not shutil.which("pdflatex"):
-        pytest.skip("pdflatex is needed (Debian's texlive-latex-base, -recommended; `make test` installs them)")
+    require(shutil.which("pdflatex"), "pdflatex (Debian's texlive-latex-base, -recommended; `make test` installs them)")
     _, _, report, _ = sweep_report
     shutil.copytree(report, tmp_path / "report")
     figures = "\n".join(rf"\includegraphics[width=\linewidth]{{figures/{n}.pdf}}" for n in sorted(FIGURES))
@@ -168,8 +171,7 @@ def test_tables_tex_compiles_with_pdflatex_beside_the_figures(sweep_report, tmp_
 @pytest.mark.slow  # a trained sweep
 def test_the_html_page_shows_every_figure_in_a_real_browser(sweep_report, tmp_path):
     chromium = next((c for c in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(c)), None)
-    if chromium is None:
-        pytest.skip("Debian's chromium is needed to open the page; `make test` installs it")
+    require(chromium, "Debian's chromium, to open the page (`make test` installs it)")
     _, _, report, _ = sweep_report
     page = (report / "report.html").read_text()
     sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', page)
@@ -226,6 +228,7 @@ def test_one_run_is_a_valid_report_and_a_second_run_replaces_it(demo_sweep):
     report = root / "artifacts" / exp / "report"
     assert not list(report.parent.glob("report.old-*"))  # same inputs: replaced, no copy piles up
     shown = {r["format"]: r for r in md_rows((report / "report.md").read_text(), "Metrics on val")}
+    compared = set()
     for path in (root / "artifacts" / exp / "metrics").glob("*.json"):
         m = json.loads(path.read_text())
         if "format" not in m or "sets" not in m:
@@ -233,6 +236,8 @@ def test_one_run_is_a_valid_report_and_a_second_run_replaces_it(demo_sweep):
         assert shown[m["format"]]["n"] == "1"
         for column, (digits, get) in COLUMNS.items():
             assert_cell(shown[m["format"]][column], [get(m)], digits, f"{m['format']} {column}")
+        compared.add(m["format"])
+    assert compared == set(shown) == {"pt", "onnx", "onnx-rknn-head", "rknn"}, (compared, set(shown))
     assert not re.search(r"\$[-+0-9.]+ \\pm", (report / "tables.tex").read_text())  # no cell shows a spread
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests import engine
-from tests.helpers import ROOT, needs_make_venv
+from tests.helpers import ROOT, needs, needs_make_venv, one_error
 from services.run import runner
 from services.run.runner import RunError, Settings
 
@@ -65,13 +65,44 @@ def test_gpu_detection():
     assert runner.compose_files(False) == ["-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml"]
 
 
-def test_image_tags_follow_the_code(tmp_path):
+def test_image_tags_follow_the_code(tmp_path, monkeypatch):
+    """A stage never runs stale code: a change to any input of an image (its Dockerfile, its lock file,
+    a code or config file, a new one) gives it a new tag, so the image is built first; a file that goes
+    into no image changes no tag. Checked on a copy of those inputs, changed one at a time."""
     s = Settings()
     tag = runner.image(s, "train")
     assert tag.startswith("citypersons-rknn/train:") and len(tag.split(":")[1]) == 12
     assert runner.image(s, "train") == tag  # deterministic
     assert runner.image(s, "convert") != tag
     assert "services/run/runner.py" in runner.image_inputs() and "configs/demo.yaml" in runner.image_inputs()
+    tags = {kind: runner.image(s, kind) for kind in ("train", "convert")}
+    for f in ["Dockerfile.train", "Dockerfile.convert", "requirements/train.lock", "requirements/convert.lock",
+              *runner.image_inputs()]:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / f, tmp_path / f)
+    monkeypatch.setattr(runner, "ROOT", tmp_path)
+    now = lambda: {kind: runner.image(s, kind) for kind in tags}  # noqa: E731
+    assert now() == tags  # the copy holds every input
+
+    def changed(path: str, text: str = "\n# changed\n") -> set:
+        """The images whose tag a change of `path` (appended to, or created) changes; then undone."""
+        f = tmp_path / path
+        before = f.read_bytes() if f.exists() else None
+        f.write_bytes((before or b"") + text.encode())
+        try:
+            return {kind for kind, t in now().items() if t != tags[kind]}
+        finally:
+            f.write_bytes(before) if before is not None else f.unlink()
+            assert now() == tags
+
+    assert changed("services/fit/fit.py") == {"train", "convert"}  # the code goes into both images
+    assert changed("services/common/decode.py") == {"train", "convert"}
+    assert changed("configs/demo.yaml") == {"train", "convert"}
+    assert changed("Dockerfile.train") == {"train"} and changed("Dockerfile.convert") == {"convert"}
+    assert changed("requirements/train.lock") == {"train"} and changed("requirements/convert.lock") == {"convert"}
+    assert changed("services/common/new_module.py", "X = 1\n") == {"train", "convert"}  # a new file too
+    assert changed("configs/sweeps/new-sweep.yaml", "base: demo\n") == {"train", "convert"}
+    assert changed("services/common/notes.txt", "not code\n") == set()  # no image input
 
 
 def runner_cli(*args, env=None, cwd=ROOT):
@@ -79,28 +110,22 @@ def runner_cli(*args, env=None, cwd=ROOT):
                           env={**os.environ, **(env or {})}, timeout=120)
 
 
-def one_runner_error(proc) -> str:
-    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    return lines[0]
-
-
 def test_the_runners_own_errors_are_one_line():
-    assert "unknown target 'fitt'; did you mean 'fit'?" in one_runner_error(runner_cli("fitt"))
-    line = one_runner_error(runner_cli("dataset", env={"RUNNER": "docker", "DOCKER": NO_ENGINE, "EXP": "demo"}))
+    assert "unknown target 'fitt'; did you mean 'fit'?" in one_error(runner_cli("fitt"), "runner")
+    line = one_error(runner_cli("dataset", env={"RUNNER": "docker", "DOCKER": NO_ENGINE, "EXP": "demo"}), "runner")
     assert line.startswith("runner: error: RUNNER=docker but no Docker engine answers")
-    line = one_runner_error(runner_cli("fit", env={"FRESH": "nope", "EXP": "demo"}))
+    line = one_error(runner_cli("fit", env={"FRESH": "nope", "EXP": "demo"}), "runner")
     assert "FRESH=nope is not a yes/no value" in line
-    line = one_runner_error(runner_cli("dataset", env={"EXP": "nope"}))
+    line = one_error(runner_cli("dataset", env={"EXP": "nope"}), "runner")
     assert "configs/nope.yaml not found" in line and "known experiments: citypersons, demo" in line
 
 
 def test_make_passes_unknown_words_to_the_runner():
     proc = subprocess.run(["make", "--no-print-directory", "evalute"], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode != 0 and "unknown target 'evalute'; did you mean 'evaluate'?" in proc.stderr
+    assert "unknown target 'evalute'; did you mean 'evaluate'?" in one_error(proc, "runner")
 
 
-@pytest.mark.skipif(not engine.COMPOSE_BIN.exists(), reason="the Compose CLI comes with make test's tools environment")
+@needs(engine.COMPOSE_BIN.exists(), f"the Compose CLI {engine.COMPOSE_BIN} (make test's tools environment)")
 def test_a_compose_file_compose_rejects_is_one_line(tmp_path):
     for f in ("docker-compose.yml", "docker-compose.cpu.yml"):
         shutil.copy(ROOT / f, tmp_path / f)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, SWEEP_TRIALS, one_error, run_module, stage_env
+from tests.helpers import ROOT, SWEEP_TRIALS, one_error, require, run_module, stage_env
 from services.sweep import sweep
 
 RAY = Path(sys.executable).parent / "ray"
@@ -40,7 +40,7 @@ def write_sweep(tmp_path: Path, text: str, name: str = "trial-sweep") -> Path:
 def test_bad_sweep_files_are_one_line_and_start_nothing(tmp_path, text, expected):
     proc = run_module("sweep", [str(write_sweep(tmp_path, text))], tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert __import__("re").search(expected, one_error(proc)), one_error(proc)
+    assert __import__("re").search(expected, one_error(proc, "sweep")), one_error(proc)
     assert not (tmp_path / "artifacts").exists()
 
 
@@ -51,7 +51,7 @@ def test_an_unreachable_ray_address_is_one_line_and_starts_nothing(tmp_path):
     path = write_sweep(tmp_path, "base: demo\nseeds: [0]\n")
     proc = run_module("sweep", [str(path)], tmp_path, timeout=120, env={"RAY_ADDRESS": f"127.0.0.1:{port}"})
     assert proc.returncode == 2
-    assert one_error(proc).startswith(f"sweep: error: RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers there")
+    assert one_error(proc, "sweep").startswith(f"sweep: error: RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers")
     assert not (tmp_path / "artifacts").exists()
 
 
@@ -62,8 +62,7 @@ def test_gpus_follow_train_device():
 @pytest.fixture
 def ray_cluster_with_two_gpus(tmp_path):
     """A real Ray cluster (`ray start --head`) told it has 2 GPUs: no GPU needed, Ray hands them out."""
-    if not RAY.is_file():
-        pytest.skip("Ray is not installed in this environment (make test installs it from the train lock)")
+    require(RAY.is_file(), f"Ray's CLI {RAY} (make test installs it in .venv/train from the train lock)")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -113,7 +112,8 @@ def test_a_sweep_runs_every_trial_in_its_own_folders(demo_sweep):
 
 def test_a_killed_trial_fails_alone_and_the_sweep_says_so(demo_sweep):
     first, killed = demo_sweep.first, demo_sweep.killed
-    assert first.returncode != 0 and "sweep] Error 1" in first.stdout, first.stdout[-3000:]  # the sweep's exit 1
+    assert first.returncode == 2 and "sweep] Error 1" in first.stdout, first.stdout[-3000:]  # the sweep's exit 1
+    assert "Traceback" not in first.stdout, first.stdout[-3000:]
     trial = killed.removeprefix("demo-sweep-")
     table = first.stdout[first.stdout.rindex("sweep demo-sweep:"):]
     row = next(line for line in table.splitlines() if line.split()[:1] == [trial])
@@ -128,9 +128,10 @@ def test_a_rerun_skips_finished_trials_and_resumes_the_killed_one(demo_sweep):
     assert "1 done, 3 skipped (done before), 0 failed" in second.stdout
     trial = killed.removeprefix("demo-sweep-")
     logs = root / "artifacts/demo-sweep/logs"
-    for name, size in demo_sweep.logs_after_first.items():  # the others did not run again
-        if name not in (f"{trial}.log", "datasets.log"):  # the sweep checks the dataset again each run
-            assert (logs / name).stat().st_size == size, name
+    others = {f"{t.removeprefix('demo-sweep-')}.log" for t in SWEEP_TRIALS} - {f"{trial}.log"}
+    assert len(others) == 3 and others <= set(demo_sweep.logs_after_first), demo_sweep.logs_after_first
+    for name in others:  # the others did not run again (the sweep checks the dataset again each run)
+        assert (logs / name).stat().st_size == demo_sweep.logs_after_first[name], name
     log = (logs / f"{trial}.log").read_text()
     assert f"resuming runs/{killed}/train after epoch 1 of 2" in log
     rows = (root / "runs" / killed / "train" / "results.csv").read_text().strip().splitlines()

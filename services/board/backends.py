@@ -78,6 +78,27 @@ class OnnxBackend:
 BACKENDS = {"rknn": RknnLiteBackend, "onnx": OnnxBackend}
 
 
+class TiledContext:
+    """The contexts of one frame's tiles (--tiles), seen by the pipeline as one context: run() gives
+    tile i to context i, all at once, each on its own NPU core, and returns each tile's outputs. A
+    frame then costs about one tile's NPU time, not the sum of them."""
+
+    def __init__(self, contexts: list):
+        from concurrent.futures import ThreadPoolExecutor
+        self.contexts, self.runtime = contexts, contexts[0].runtime
+        self.core = [ctx.core for ctx in contexts]
+        self.pool = ThreadPoolExecutor(max_workers=len(contexts), thread_name_prefix="tile")
+
+    def run(self, tensors: np.ndarray) -> list:
+        jobs = [self.pool.submit(ctx.run, tensors[i:i + 1]) for i, ctx in enumerate(self.contexts)]
+        return [job.result() for job in jobs]
+
+    def release(self) -> None:
+        self.pool.shutdown(wait=True)
+        for ctx in self.contexts:
+            ctx.release()
+
+
 def load_contexts(backend: str, model: Path, cores: list[int], bundle: Bundle) -> list:
     """One context per core, each run once on a blank frame: that checks the model's output layout
     before any frame is read, and keeps first-run set-up out of the measured latencies. The runtime's

@@ -1,6 +1,7 @@
 """Pedestrian detection on the RK3588 NPU with rknn-toolkit-lite2 (copied into the board bundle as detect.py).
 
-    python3 detect.py SOURCE [--cores 0|1|2|all] [--out DIR] [--json results.json --gt val_gt.json] [--conf 0.25]
+    python3 detect.py SOURCE [--cores 0|1|2|all] [--tiles N] [--out DIR] [--json results.json --gt val_gt.json]
+                             [--conf 0.25]
 
 SOURCE is an image, a folder of images, or a video file. Frames go through a pipeline: one thread
 reads the video (the pre-processing threads read a folder's images, in parallel), pre-processing
@@ -8,6 +9,13 @@ reads the video (the pre-processing threads read a folder's images, in parallel)
 `--cores all` runs three contexts on cores 0, 1 and 2, on consecutive frames) and post-processing
 (decode, NMS) run in parallel, and results come out in frame order. At most a few frames per context
 are in flight: a slow stage holds the reader back instead of filling memory.
+
+`--tiles N` (sliced inference) cuts each frame into N overlapping tiles along its long side, each
+letterboxed into the model input, and runs them at once, one context per tile, each on its own NPU
+core (tile i on the i-th of --cores, round the cores again when there are more tiles than cores); the
+tiles' detections are merged into the frame's (boxes cut by a tile edge joined, one NMS over the
+frame). Frames then pass one at a time, each in about one tile's NPU time. Its default is the setting
+the model was evaluated with (bundle.json).
 
 At the end it prints the latency of each stage and the throughput (mean, p50, p95) and writes them
 to board_report.json (--report), with the cores, model, frames and platform.
@@ -34,13 +42,13 @@ import cv2
 import numpy as np
 
 from . import yolo_core as core
-from .backends import BACKENDS, load_contexts
+from .backends import BACKENDS, TiledContext, load_contexts
 from .bundle import (Bundle, board_platform, check_layout, check_platform, image_ids, load_bundle, model_path,
                      parse_cores)
 from .errors import BadInput, LayoutError
-from .pipeline import Frame, pipeline, postprocessor, preprocessor
+from .pipeline import Frame, pipeline, postprocessor, preprocessor, tiled_postprocessor, tiled_preprocessor
 from .report import STAGE_NAMES, stats, summary, throughput, write_atomically
-from .source import open_source
+from .source import first_frame_size, open_source
 
 
 @dataclass
@@ -83,7 +91,11 @@ def main(folder: Path, argv: list[str] | None = None) -> int:
     except (BadInput, LayoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    outcome = detect_frames(args, bundle, run)
+    try:
+        outcome = detect_frames(args, bundle, run)
+    except BadInput as e:  # a later frame --tiles cannot cut (the first one was checked)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return finish(args, bundle, run, outcome)
 
 
@@ -104,6 +116,11 @@ def parse_args(bundle: Bundle, argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--conf", type=float, default=0.25, help="use 0.001 with --json, as the evaluation does")
     p.add_argument("--iou", type=float, default=bundle.manifest["iou"])
     p.add_argument("--max-det", type=int, default=bundle.manifest["max_det"])
+    p.add_argument("--tiles", type=int, default=bundle.manifest.get("tiles", 1),
+                   help="cut each frame into this many overlapping tiles, one per NPU core, and merge their "
+                        "detections (default: as evaluated, bundle.json; 1: the whole frame letterboxed)")
+    p.add_argument("--tile-overlap", type=float, default=bundle.manifest.get("tile_overlap", 0.1),
+                   help="the share of a tile its neighbour also covers, 0 to below 1")
     p.add_argument("--quiet", action="store_true", help="no line per frame")
     return p.parse_args(argv)
 
@@ -120,10 +137,29 @@ def prepare(args: argparse.Namespace, bundle: Bundle) -> Run:
     model = model_path(bundle, args.backend, args.model)
     kind, frames = open_source(args.source)
     ids = image_ids(args.gt)
+    if args.tiles > 1:
+        frames = check_tiles(args, bundle, frames)
+        cores = [cores[i % len(cores)] for i in range(args.tiles)]  # one tile per core
+        return Run(soc, soc_from, compatible, cores, model, kind, frames, ids,
+                   [TiledContext(load_contexts(args.backend, model, cores, bundle))])
     if kind == "image":
         cores = cores[:1]  # one frame: one context
     contexts = load_contexts(args.backend, model, cores, bundle)
     return Run(soc, soc_from, compatible, cores, model, kind, frames, ids, contexts)
+
+
+def check_tiles(args: argparse.Namespace, bundle: Bundle, frames):
+    """--tiles and --tile-overlap against the first frame and the model input; the frames again."""
+    if not 1 <= args.tiles <= 16 or not 0 <= args.tile_overlap < 1:
+        raise BadInput(f"--tiles {args.tiles} --tile-overlap {args.tile_overlap}: tiles go from 1 to 16 and the "
+                       f"overlap is the share of a tile its neighbour also covers, 0 to below 1 (e.g. 0.1)")
+    size, frames = first_frame_size(frames)
+    if size is not None:
+        try:
+            core.check_tiles(size, bundle.size, args.tiles, args.tile_overlap)
+        except ValueError as e:
+            raise BadInput(f"--{e}") from None
+    return frames
 
 
 def detect_frames(args: argparse.Namespace, bundle: Bundle, run: Run) -> Outcome:
@@ -132,8 +168,12 @@ def detect_frames(args: argparse.Namespace, bundle: Bundle, run: Run) -> Outcome
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     done, results, interrupted = [], [], False
-    pre = preprocessor(bundle.size)
-    post = postprocessor(bundle.layout, bundle.size, args.conf, args.iou, args.max_det)
+    if args.tiles > 1:
+        pre = tiled_preprocessor(bundle.size, args.tiles, args.tile_overlap)
+        post = tiled_postprocessor(bundle.layout, bundle.size, args.conf, args.iou, args.max_det)
+    else:
+        pre = preprocessor(bundle.size)
+        post = postprocessor(bundle.layout, bundle.size, args.conf, args.iou, args.max_det)
     started = time.perf_counter()
     try:
         for frame in pipeline(run.frames, run.contexts, pre, post):
@@ -158,7 +198,9 @@ def write_frame(frame: Frame, args: argparse.Namespace, ids: dict, category_ids:
     (--json, for the frames --gt names). Its time goes into the write stage and end to end."""
     t = time.perf_counter()
     if not args.quiet:
-        print(f"{frame.name}: {len(frame.boxes)} person(s), NPU {frame.ms['npu']:.1f} ms (core {frame.core})")
+        where = (f"cores {', '.join(map(str, frame.core))}" if isinstance(frame.core, list)  # --tiles
+                 else f"core {frame.core}")
+        print(f"{frame.name}: {len(frame.boxes)} person(s), NPU {frame.ms['npu']:.1f} ms ({where})")
     results = []
     if args.json and frame.name in ids:
         results = core.to_coco(ids[frame.name], frame.boxes, frame.scores, frame.cls, category_ids)
@@ -191,15 +233,20 @@ def board_report(args: argparse.Namespace, bundle: Bundle, run: Run, outcome: Ou
     """board_report.json: latencies and throughput, with what the report on the PC needs to say what
     ran where (backend, runtime, cores, model, source, board, bundle, versions)."""
     done, cores = outcome.done, run.cores
+
+    def on(frame: Frame, c: int) -> bool:  # a tiled frame ran on every core of its tiles
+        return c in frame.core if isinstance(frame.core, list) else frame.core == c
+
     return {
         "schema": 1, "backend": args.backend, "runtime": outcome.runtime, "cores": cores, "contexts": len(cores),
+        "tiles": args.tiles, "tile_overlap": args.tile_overlap,
         "model": run.model.name, "source": str(args.source), "source_kind": run.kind, "frames": len(done),
         "interrupted": outcome.interrupted, "conf": args.conf, "iou": args.iou, "max_det": args.max_det,
         "latency_ms": {k: stats([f.ms[k] for f in done]) for k in STAGE_NAMES},
-        "throughput_fps": throughput([f.done for f in done], outcome.started, outcome.finished, len(cores)),
+        "throughput_fps": throughput([f.done for f in done], outcome.started, outcome.finished, len(run.contexts)),
         "wall_s": round(outcome.finished - outcome.started, 3),
-        "frames_per_core": {str(c): sum(f.core == c for f in done) for c in cores},
-        "npu_ms_per_core": {str(c): stats([f.ms["npu"] for f in done if f.core == c]) for c in cores},
+        "frames_per_core": {str(c): sum(on(f, c) for f in done) for c in cores},
+        "npu_ms_per_core": {str(c): stats([f.ms["npu"] for f in done if on(f, c)]) for c in cores},
         "platform": {"soc": run.soc, "soc_from": run.soc_from, "compatible": run.compatible,
                      "machine": platform.machine(), "bundle_platform": bundle.platform, "cpus": os.cpu_count()},
         "bundle": {k: bundle.manifest.get(k) for k in ("experiment", "model", "onnx", "imgsz_hw", "layout", "dtype",

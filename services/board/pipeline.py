@@ -6,8 +6,10 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from . import yolo_core as core
+from .errors import BadInput
 
 FRAMES_PER_CONTEXT = 4  # frames in flight per context: enough to keep each stage busy, bounded
 END = object()  # what a stage passes on after the last frame
@@ -55,6 +57,42 @@ def preprocessor(size: tuple[int, int]):
         frame.meta = (r, pad, frame.image.shape[:2])
         frame.ms["pre"] = (time.perf_counter() - t) * 1000
     return pre
+
+
+def tiled_preprocessor(size: tuple[int, int], tiles: int, overlap: float):
+    """--tiles: the frame cut into `tiles` overlapping tiles, each letterboxed as a whole frame would be
+    (yolo_core.letterbox_tiles); the tensor holds them all, (tiles, h, w, 3) uint8 RGB, one per context
+    of the TiledContext, and meta each tile's (scale_boxes meta, window origin)."""
+    def pre(frame: Frame) -> None:
+        t = time.perf_counter()
+        if isinstance(frame.image, Path):
+            frame.image = cv2.imread(str(frame.image))
+            frame.ms["read"] = (time.perf_counter() - t) * 1000
+            t = time.perf_counter()
+        if frame.image is None:
+            return
+        try:
+            parts = core.letterbox_tiles(frame.image, size, tiles, overlap)
+        except ValueError as e:  # a frame of another size than the first, which prepare() checked
+            raise BadInput(f"{frame.name}: --{e}") from None
+        frame.tensor = np.stack([cv2.cvtColor(padded, cv2.COLOR_BGR2RGB) for padded, _, _ in parts])
+        frame.meta = [(meta, origin) for _, meta, origin in parts]
+        frame.ms["pre"] = (time.perf_counter() - t) * 1000
+    return pre
+
+
+def tiled_postprocessor(layout: str, size: tuple[int, int], conf: float, iou: float, max_det: int):
+    """--tiles: each tile decoded as a frame would be, then merged into the frame's detections
+    (yolo_core.merge_tiles: boxes cut by a tile edge joined, one NMS over the frame)."""
+    def post(frame: Frame) -> None:
+        if frame.outputs is None:  # unreadable
+            return
+        t = time.perf_counter()
+        per_tile = [core.postprocess(outputs, layout, size, conf, iou, max_det) for outputs in frame.outputs]
+        frame.boxes, frame.scores, frame.cls = core.merge_tiles(per_tile, frame.meta, iou, max_det)
+        frame.outputs = None
+        frame.ms["post"] = (time.perf_counter() - t) * 1000
+    return post
 
 
 def npu(ctx):

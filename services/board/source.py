@@ -1,4 +1,6 @@
 """SOURCE (an image, a folder of images or a video file) as (name, image) pairs for the pipeline."""
+import itertools
+import os
 from pathlib import Path
 
 import cv2
@@ -30,6 +32,7 @@ def open_source(source: Path):
 def open_video(source: Path) -> cv2.VideoCapture:
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # its own warnings would be noise here
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # and FFmpeg's ("moov atom not found"), read at its start
     try:
         cap = cv2.VideoCapture(str(source))
         opened = cap.isOpened()
@@ -54,3 +57,16 @@ def video_frames(source: Path, cap: cv2.VideoCapture):
             i += 1
     finally:
         cap.release()
+
+
+def first_frame_size(frames):
+    """The first frame's (h, w), or None when it cannot be read, and the frames again, that one
+    included (decoded here when it was a file, so it is not read twice): --tiles is checked against
+    it before any context is loaded."""
+    first = next(frames, None)
+    if first is None:
+        return None, iter(())
+    name, image = first
+    if isinstance(image, Path):
+        image = cv2.imread(str(image))
+    return (None if image is None else image.shape[:2]), itertools.chain([(name, image)], frames)

@@ -1,15 +1,23 @@
 """The command line every stage shares: --config, --force and section.key=value overrides."""
 import argparse
 import sys
+from contextlib import ExitStack
 
-from . import config, files, paths
+from . import config, files, lock, paths, space
 from .log import info, user_errors
+
+# Stages whose estimate of the space they need is checked here, before they start: the others check
+# their own where the large write begins (after deciding that they have work to do).
+CHECK_SPACE_FIRST = ("export", "evaluate", "convert")
 
 
 def stage_main(module: str, doc: str, stage: str, run, argv=None, *, force_flags=("--force",),
                force_help: str = "run again even when the outputs are up to date", subcommands=None) -> None:
     """`python -m services.<module> --config configs/<exp>.yaml [--experiment NAME] [--force] [section.key=value ...]`:
-    validate the config before any work, then call run(cfg, force=...) with UserErrors as one line.
+    before any work, validate the config (against every stage that reads it), check that the
+    stage's folders take a file, take the experiment's lock (lock.py) and check the space the stage
+    needs; then call run(cfg, force=...), with UserErrors, a full disk and unwritable folders as
+    one line and exit 2.
 
     force_flags: the spellings of --force (the training stage also takes --fresh); force_help its help.
     subcommands: {"name": fn(argv)} for `python -m services.<module> name ...`, which parses the rest
@@ -31,8 +39,26 @@ def stage_main(module: str, doc: str, stage: str, run, argv=None, *, force_flags
     a = p.parse_args(argv)
     with user_errors(stage):
         cfg = config.load(a.config, a.overrides, a.experiment)
-        clean_up_after_killed_runs(stage, cfg)
-        run(cfg, force=a.force)
+        space.check_writable(stage, paths.written_by(stage, cfg))
+        with ExitStack() as held:
+            take_locks(held, stage, cfg)
+            clean_up_after_killed_runs(stage, cfg)
+            if stage in CHECK_SPACE_FIRST:
+                space.require(stage, space.estimate(stage, cfg))
+            held.enter_context(space.disk_full_explained(stage, cfg))
+            run(cfg, force=a.force)
+
+
+def take_locks(held: ExitStack, stage: str, cfg: dict) -> None:
+    """The experiment's lock: a second run of it is refused at once. The dataset stage also holds its
+    dataset folders, which other experiments share: their dataset stages wait for it (a sweep's
+    trials check one dataset together), and the experiment's lock comes first, so no two wait on
+    each other."""
+    held.enter_context(lock.held(paths.artifacts_dir(cfg["experiment"]), stage))
+    if stage == "dataset":
+        sets = ["coco"] if "coco_person" in cfg["evaluate"]["sets"] else []
+        for name in sorted({cfg["dataset"]["name"], *sets}):
+            held.enter_context(lock.held(paths.dataset_dir(name), stage, wait=True))
 
 
 def clean_up_after_killed_runs(stage: str, cfg: dict) -> None:

@@ -8,12 +8,15 @@ an unknown section or key, a value of the wrong type, or one outside its choices
 UserError naming the key and what is allowed.
 """
 import difflib
+import importlib.util
 import re
 from pathlib import Path
 
 import yaml
 
 from .log import UserError
+from .paths import ROOT
+from .overrides import join_words, stray_word_line
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 
@@ -55,6 +58,7 @@ RANGES = {
     "evaluate.iou": (0.0, 1.0, True),
     "evaluate.max_det": (1, 100_000, True),
     "evaluate.batch": (1, 1024, True),
+    "evaluate.tiles": (1, 16, True),
     "export.opset": (7, 21, True),
     "convert.analysis_images": (1, 100, True),
 }
@@ -81,7 +85,7 @@ def load(config_path, overrides=(), experiment: str | None = None) -> dict:
     try:
         exp = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); fix the file")
+        raise UserError(yaml_error_line(path, e)) from None
     if not isinstance(exp, dict):
         raise UserError(f"{path} must be a mapping of sections (dataset, train, ...); fix the file")
 
@@ -95,8 +99,9 @@ def load(config_path, overrides=(), experiment: str | None = None) -> dict:
         for key, value in values.items():
             cfg[section][key] = _checked(schema, section, key, value, where=str(path))
 
-    for item in overrides:
-        section, key, value = _parse_override(item)
+    words = join_words(list(overrides))
+    for previous, item in zip([None, *words], words):
+        section, key, value = _parse_override(item, previous)
         _check_section(section, cfg, where="override")
         cfg[section][key] = _checked(schema, section, key, value, where="override")
 
@@ -138,6 +143,93 @@ def _check_together(cfg: dict) -> None:
         raise UserError(f"convert.calibration={c['calibration']} is a calibration list, but convert.dtype=fp16 "
                         f"quantizes nothing and rknn-toolkit2 would ignore it; drop convert.calibration or use "
                         f"convert.dtype=int8")
+    _check_convert(cfg)
+    _check_train(cfg["train"])
+    _check_evaluate(cfg)
+    _check_export(cfg["export"])
+
+
+# The upsampling of every YOLO neck exports as ONNX Resize/Upsample from opset 9 on; torch's exporter
+# fails below that, after the dataset and the training.
+EXPORT_MIN_OPSET = 9
+# The ultralytics arguments the fit stage sets itself, from the train section or on its own.
+FIT_SETS = {"epochs", "patience", "batch", "imgsz", "optimizer", "lr0", "warmup_epochs", "amp", "seed",
+            "deterministic", "device", "workers"}
+FIT_OWNS = {"data", "project", "name", "exist_ok", "val", "plots"}
+DEVICE_RE = re.compile(r"^(cpu|\d+(,\d+)*)$")
+
+
+def _check_convert(cfg: dict) -> None:
+    """What the convert stage, last in the chain, would refuse: an INT8 build needs images to
+    calibrate on, from the dataset stage's list or a list of the user's."""
+    d, c = cfg["dataset"], cfg["convert"]
+    if c["dtype"] == "int8" and not c["calibration"] and d["calib_images"] == 0:
+        raise UserError("dataset.calib_images=0 leaves the INT8 build (convert.dtype=int8) without calibration "
+                        "images; set dataset.calib_images to 1 or more (100 is the tested number), give a list of "
+                        "your own with convert.calibration=FILE, or build fp16 with convert.dtype=fp16")
+    if c["dtype"] == "int8" and c["calibration"]:
+        listing = Path(c["calibration"]).expanduser()
+        listing = listing if listing.is_absolute() else ROOT / listing
+        if not listing.is_file():
+            raise UserError(f"convert.calibration={c['calibration']}: no such file (relative to the project "
+                            f"folder); give a list of images, one per line, or leave it empty for the dataset's "
+                            f"calib.txt")
+    if c["algorithm"] != "normal" and c["dtype"] == "fp16":
+        raise UserError(f"convert.algorithm={c['algorithm']} is a quantization algorithm, but convert.dtype=fp16 "
+                        f"quantizes nothing; use convert.dtype=int8 with it, or drop convert.algorithm")
+
+
+def _check_train(t: dict) -> None:
+    """What the fit stage would refuse after the dataset stage has run."""
+    if not str(t["model"]).endswith((".pt", ".yaml", ".yml")):
+        raise UserError(f"train.model={t['model']} is neither a .pt checkpoint nor a model .yaml; give one, "
+                        f"e.g. yolo11n.pt (pretrained) or yolo11n.yaml (from scratch)")
+    device = str(t["device"]).strip().lower().replace(" ", "")
+    if not DEVICE_RE.match(device):
+        raise UserError(f"train.device={t['device']} is not a device; use a CUDA index (0), several (0,1) or cpu")
+    if device == "cpu" and t["batch"] == "auto":
+        raise UserError("train.batch=auto sizes the batch from free GPU memory, but train.device=cpu; "
+                        "give a number, e.g. train.batch=16")
+    if t["batch"] != "auto" and t["min_batch"] > t["batch"]:
+        raise UserError(f"train.min_batch={t['min_batch']} is above train.batch={t['batch']}: the floor for the "
+                        f"out-of-memory retries must not exceed the batch; lower train.min_batch")
+    if not isinstance(t["extra"], dict):
+        raise UserError(f"train.extra={_show(t['extra'])} must be a mapping of ultralytics arguments, "
+                        f"e.g. train.extra={{mosaic: 0.5}}")
+    for k in sorted(set(t["extra"]) & (FIT_SETS | FIT_OWNS)):
+        if k in FIT_SETS:
+            raise UserError(f"train.extra sets {k}, which the train section already has; set train.{k} instead")
+        raise UserError(f"train.extra sets {k}, which the fit stage sets itself (the dataset, the run folder); "
+                        f"drop it from train.extra")
+
+
+def _check_evaluate(cfg: dict) -> None:
+    e = cfg["evaluate"]
+    if not 0 <= e["tile_overlap"] < 1:  # whether the tiles fit the model input needs the frame: decode.check_tiles
+        raise UserError(f"evaluate.tile_overlap={e['tile_overlap']} is the share of a tile its neighbour also "
+                        f"covers: from 0 to below 1 (at 1 or more the overlap is the whole tile and the tiles "
+                        f"never advance along the frame), e.g. evaluate.tile_overlap=0.1")
+    if "coco_person" in e["sets"] and cfg["dataset"]["name"] == "coco":
+        raise UserError("dataset.name=coco is the folder of the coco_person evaluation set (datasets/coco/); "
+                        "give the training dataset another name")
+    if not e["weights"]:
+        return
+    if e["format"] == "all":
+        raise UserError(f"evaluate.weights={e['weights']} needs evaluate.format=pt or onnx (which kind of model "
+                        f"it is); evaluate.format=all evaluates the experiment's own models")
+    want = ".pt" if e["format"] == "pt" else ".onnx"
+    if not str(e["weights"]).endswith(want):
+        raise UserError(f"evaluate.format={e['format']} but evaluate.weights={e['weights']} is not a {want} file; "
+                        f"give a {want} file, or set evaluate.format to match the weights")
+
+
+def _check_export(x: dict) -> None:
+    if x["opset"] < EXPORT_MIN_OPSET:
+        raise UserError(f"export.opset={x['opset']}: YOLO's upsampling exports to ONNX from opset {EXPORT_MIN_OPSET} "
+                        f"on; use export.opset=12 (the tested one)")
+    if x["simplify"] == "onnxsim" and importlib.util.find_spec("onnxsim") is None:
+        raise UserError("export.simplify=onnxsim needs the onnxsim package, which the project's environments do "
+                        "not install; use export.simplify=onnxslim (the default) or none")
 
 
 def _check_head(model: str, layout: str) -> None:
@@ -174,15 +266,33 @@ def _check_imgsz(dotted: str, value) -> None:
                             f"stride) between 32 and 8192; use {fix}")
 
 
-def _parse_override(item: str):
+def yaml_error_line(path, e: yaml.YAMLError) -> str:
+    """A YAML syntax error as one line with the parser's line and column (1-based, as editors count)."""
+    at = lambda m: f"line {m.line + 1}, column {m.column + 1}"  # noqa: E731
+    mark, start = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    where = f" at {at(mark)}" if mark else ""
+    context = ""
+    if getattr(e, "context", None):  # e.g. "while parsing a flow sequence": where that began
+        context = f" ({e.context}{f' that starts at {at(start)}' if start and start != mark else ''})"
+    return f"{path} is not valid YAML: {problem}{where}{context}; fix the file there"
+
+
+def _parse_override(item: str, previous: str | None = None):
     if "=" not in item or "." not in item.split("=", 1)[0]:
-        raise UserError(f"override '{item}' must look like section.key=value (e.g. dataset.seed=1)")
+        raise UserError(stray_word_line(item, previous))
     dotted, raw = item.split("=", 1)
     section, key = dotted.split(".", 1)
     try:
         value = yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError:
-        value = raw
+    except yaml.YAMLError as e:
+        if raw.lstrip()[:1] in "[{":  # meant as a list or mapping: taking it as text would hide the mistake
+            mark = getattr(e, "problem_mark", None)
+            at = f" at column {mark.column + 1} of the value" if mark else ""
+            raise UserError(f"override {item}: the value is not a valid YAML list or mapping "
+                            f"({getattr(e, 'problem', None) or 'syntax error'}{at}); write it as [a, b] or {{k: v}}, "
+                            f"e.g. ARGS=\"evaluate.sets=[val, coco_person]\"") from None
+        value = raw  # text YAML cannot read (`@x`, a stray colon): meant as that text
     return section, key, value
 
 
@@ -198,7 +308,7 @@ def _checked(schema, section, key, value, where):
     base = schema[section]
     if key not in base:
         allowed = list(base) or ["(none yet)"]
-        raise UserError(f"{where}: unknown key {dotted}{_did_you_mean(key, list(base))}; "
+        raise UserError(f"{where}: unknown key {dotted}{_did_you_mean_key(schema, section, key)}; "
                         f"{section} keys are: {', '.join(allowed)}")
     default = base[key]
     if value == ALSO_ALLOWED.get(dotted):
@@ -258,3 +368,25 @@ def _show(v):
 def _did_you_mean(word, options):
     close = difflib.get_close_matches(word, options, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _did_you_mean_key(schema: dict, section: str, key: str) -> str:
+    """The key the user meant: the same name in another section (convert.calib_images ->
+    dataset.calib_images) first, then a near spelling in the same section, then a key anywhere that
+    holds the word typed (train.calib -> dataset.calib_images), then a near spelling anywhere."""
+    everywhere = [f"{s}.{k}" for s, keys in schema.items() for k in keys]
+    same_name = [d for d in everywhere if d.split(".", 1)[1] == key]
+    if same_name:
+        return f" (did you mean {' or '.join(repr(d) for d in same_name)}?)"
+    close = difflib.get_close_matches(key, list(schema[section]), n=1)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    words = {w for w in key.lower().split("_") if len(w) >= 3}
+    shared = {d: len(words & set(d.split(".", 1)[1].split("_"))) for d in everywhere}
+    best = max(shared.values(), default=0)
+    holding = [d for d, n in shared.items() if n and n == best]
+    if len(holding) == 1:
+        return f" (did you mean '{holding[0]}'?)"
+    if holding:
+        return f" (did you mean one of: {', '.join(holding[:4])}?)"
+    return _did_you_mean(f"{section}.{key}", everywhere)

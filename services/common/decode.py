@@ -9,7 +9,14 @@ centred), BGR -> RGB, /255, NCHW float32. Post-processing takes the raw outputs 
 `conf`, decodes only their boxes, runs class-aware greedy NMS (OpenCV's, compiled) and scales the
 boxes back to original pixels. The one-to-one head of NMS-free models (YOLO26) is selected by its
 scores alone, as ultralytics does: the best `max_det` (anchor, class) scores above `conf`, no NMS.
+
+Sliced inference (evaluate.tiles, the board's --tiles): a frame cut into overlapping tiles along its
+long side, each letterboxed into the model input as a whole frame would be, and the tiles'
+detections merged back into one frame (boxes cut by a tile edge joined, one NMS over the frame).
+One tile is the letterbox above, exactly.
 """
+import math
+
 import cv2
 import numpy as np
 
@@ -261,3 +268,148 @@ def to_coco(image_id: int, boxes: np.ndarray, scores: np.ndarray, cls: np.ndarra
              "bbox": [round(float(b[0]), 2), round(float(b[1]), 2), round(float(b[2] - b[0]), 2),
                       round(float(b[3] - b[1]), 2)], "score": round(float(s), 5)}
             for b, s, c in zip(boxes, scores, cls)]
+
+
+# ------------------------------------------------------------------------------- sliced inference
+# A 2048x1024 frame letterboxed into 640x1280 shrinks a 50 px pedestrian to 31 px; cut into tiles, each
+# letterboxed into an input of its own, the frame keeps more of its pixels, and the RK3588 runs one
+# tile per NPU core. tiles=1 is the plain letterbox above, exactly.
+EDGE_PX = 4  # input pixels: a box ending this close to a tile's inner edge was cut by that edge
+MERGE_IOU = 0.5  # two boxes cut apart by a tile edge agree this well where their tiles overlap
+
+
+def tile_windows(frame_hw: tuple[int, int], tiles: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """(x0, y0, x1, y1) of `tiles` windows side by side along the frame's long side, each spanning its
+    whole short side; neighbours share `overlap` (0 to below 1) of a window's length, spread evenly.
+    One tile is the whole frame."""
+    h, w = frame_hw
+    if tiles < 1 or not 0 <= overlap < 1:
+        raise ValueError(f"tiles={tiles}, tile_overlap={overlap}: tiles must be 1 or more and the overlap a share "
+                         f"of a tile from 0 to below 1 (at 1 neighbouring tiles would be the same window)")
+    long = max(h, w)
+    length = min(long, math.ceil(long / (tiles - (tiles - 1) * overlap)))
+    starts = [round(i * (long - length) / (tiles - 1)) for i in range(tiles)] if tiles > 1 else [0]
+    if w >= h:
+        return [(s, 0, s + length, h) for s in starts]
+    return [(0, s, w, s + length) for s in starts]
+
+
+def check_tiles(frame_hw: tuple[int, int], size: tuple[int, int], tiles: int, overlap: float) -> list:
+    """The windows of `tile_windows`, refused when the tiles are smaller than the model input on both
+    sides: the letterbox would enlarge them, more input pixels without more detail."""
+    windows = tile_windows(frame_hw, tiles, overlap)
+    x0, y0, x1, y1 = windows[0]
+    if tiles > 1 and y1 - y0 < size[0] and x1 - x0 < size[1]:
+        raise ValueError(f"tiles={tiles} cuts a {frame_hw[1]}x{frame_hw[0]} frame into {x1 - x0}x{y1 - y0} tiles, "
+                         f"smaller than the model input {size[1]}x{size[0]} on both sides (the letterbox would "
+                         f"enlarge them); use fewer tiles or a smaller input")
+    return windows
+
+
+def letterbox_tiles(image: np.ndarray, size: tuple[int, int], tiles: int = 1, overlap: float = 0.0) -> list:
+    """One BGR frame -> [(letterboxed BGR tile, scale_boxes meta of the tile, (x0, y0) of its window)]."""
+    out = []
+    for x0, y0, x1, y1 in check_tiles(image.shape[:2], size, tiles, overlap):
+        crop = image[y0:y1, x0:x1]
+        padded, r, pad = letterbox(crop, size)
+        out.append((padded, (r, pad, crop.shape[:2]), (x0, y0)))
+    return out
+
+
+def preprocess_tiles(image: np.ndarray, size: tuple[int, int], tiles: int = 1, overlap: float = 0.0):
+    """One BGR frame -> (tiles, 3, h, w) float32 inputs and each tile's (meta, (x0, y0)) for
+    merge_tiles. One tile gives exactly `preprocess`'s input and meta."""
+    parts = letterbox_tiles(image, size, tiles, overlap)
+    x = np.concatenate([padded[:, :, ::-1].transpose(2, 0, 1)[None] for padded, _, _ in parts]).astype(np.float32)
+    return np.ascontiguousarray(x / 255.0), [(meta, offset) for _, meta, offset in parts]
+
+
+def merge_tiles(per_tile: list, metas: list, iou: float, max_det: int):
+    """Each tile's (boxes in input pixels, scores, classes), as postprocess gives them, -> the frame's
+    xyxy boxes in original pixels, scores, classes, at most `max_det`, best first. A box cut by a tile
+    edge is joined to its other part from the neighbouring tile (the union, the better score), then one
+    class-aware NMS over the frame removes what two tiles both saw whole. One tile: scale_boxes alone."""
+    if len(per_tile) == 1:
+        boxes, scores, cls = per_tile[0]
+        return scale_boxes(boxes, metas[0][0]), scores, cls
+    windows = np.stack([_window(meta, offset) for meta, offset in metas])
+    frame_end = windows[:, 2:].max(0)  # the windows cover the frame
+    parts = [_in_frame(b, meta, w, frame_end) for (b, _, _), (meta, _), w in zip(per_tile, metas, windows)]
+    boxes = np.concatenate([b for b, _ in parts]).reshape(-1, 4).astype(np.float32)
+    cut = np.concatenate([c for _, c in parts]).astype(bool)
+    scores = np.concatenate([s for _, s, _ in per_tile]).astype(np.float32)
+    cls = np.concatenate([c for _, _, c in per_tile]).astype(np.int64)
+    tile = np.concatenate([np.full(len(b), i) for i, (b, _) in enumerate(parts)])
+    parent = np.arange(len(boxes))
+    for a in range(len(windows)):
+        for b in range(a + 1, len(windows)):
+            for i, j in _cut_pairs(boxes, scores, cls, cut, tile == a, tile == b, windows[a], windows[b]):
+                parent[_root(parent, j)] = _root(parent, i)
+    roots = np.array([_root(parent, i) for i in range(len(boxes))], dtype=np.int64)
+    groups = np.unique(roots)
+    if len(groups) < len(boxes):  # some parts were joined: each group becomes its union
+        members = [np.flatnonzero(roots == g) for g in groups]
+        best = np.array([m[np.argmax(scores[m])] for m in members], dtype=np.int64)
+        boxes = np.stack([np.concatenate([boxes[m, :2].min(0), boxes[m, 2:].max(0)]) for m in members])
+        scores, cls = scores[best], cls[best]
+    return select(boxes.astype(np.float32), scores, cls, iou, max_det)
+
+
+def _window(meta, offset) -> np.ndarray:
+    """A tile's window in frame pixels, (x0, y0, x1, y1)."""
+    (th, tw), (x0, y0) = meta[2], offset
+    return np.array([x0, y0, x0 + tw, y0 + th], np.float32)
+
+
+def _in_frame(boxes: np.ndarray, meta, window: np.ndarray, frame_end: np.ndarray):
+    """One tile's boxes in frame pixels, and whether each ends at an inner edge of the tile: one the
+    tile cut the picture at, not one where the frame itself ends."""
+    x0, y0, x1, y1 = window
+    out = scale_boxes(boxes, meta) + np.array([x0, y0, x0, y0], np.float32)
+    margin = EDGE_PX / meta[0]  # input pixels -> frame pixels
+    cut = (x0 > 0) & (out[:, 0] <= x0 + margin)
+    cut |= (y0 > 0) & (out[:, 1] <= y0 + margin)
+    cut |= (x1 < frame_end[0]) & (out[:, 2] >= x1 - margin)
+    cut |= (y1 < frame_end[1]) & (out[:, 3] >= y1 - margin)
+    return out, cut
+
+
+def _cut_pairs(boxes, scores, cls, cut, in_a, in_b, window_a, window_b) -> list:
+    """Pairs (i in tile a, j in tile b) that are one object cut apart: at least one of them cut by an
+    edge, the same class, and the parts inside the windows' shared region agree (IoU >= MERGE_IOU).
+    Each box pairs at most once, best scores first, so a weak duplicate cannot widen a good box."""
+    shared = np.concatenate([np.maximum(window_a[:2], window_b[:2]), np.minimum(window_a[2:], window_b[2:])])
+    if np.any(shared[2:] <= shared[:2]):
+        return []
+    ia, ib = np.flatnonzero(in_a), np.flatnonzero(in_b)
+    ca = np.concatenate([np.maximum(boxes[ia, :2], shared[:2]), np.minimum(boxes[ia, 2:], shared[2:])], 1)
+    cb = np.concatenate([np.maximum(boxes[ib, :2], shared[:2]), np.minimum(boxes[ib, 2:], shared[2:])], 1)
+    overlap = _iou(ca, cb)
+    ok = (overlap >= MERGE_IOU) & (cut[ia][:, None] | cut[ib][None]) & (cls[ia][:, None] == cls[ib][None])
+    pairs, used_a, used_b = [], set(), set()
+    ra, rb = np.nonzero(ok)
+    order = np.lexsort((-overlap[ra, rb], -np.maximum(scores[ia][ra], scores[ib][rb])))
+    for k in order:
+        if ra[k] not in used_a and rb[k] not in used_b:
+            used_a.add(ra[k])
+            used_b.add(rb[k])
+            pairs.append((ia[ra[k]], ib[rb[k]]))
+    return pairs
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, 4) and (m, 4) xyxy -> (n, m) IoU; an empty box (outside the shared region) matches nothing."""
+    wa, ha = np.clip(a[:, 2] - a[:, 0], 0, None), np.clip(a[:, 3] - a[:, 1], 0, None)
+    wb, hb = np.clip(b[:, 2] - b[:, 0], 0, None), np.clip(b[:, 3] - b[:, 1], 0, None)
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    union = (wa * ha)[:, None] + (wb * hb)[None] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+
+
+def _root(parent: np.ndarray, i: int) -> int:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return int(i)

@@ -35,11 +35,15 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: Path):
+def read_json(path: Path) -> dict | None:
+    """A JSON object the project wrote (a manifest, a record), or None when there is none to trust:
+    absent, damaged, or not an object (every such file is one); its writer then writes it again. A
+    file a stage must have is read with log.read_json_object instead, which says what is wrong."""
     try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        data = json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def move_aside(path: Path) -> Path:
@@ -108,6 +112,17 @@ TEMP_RE = re.compile(r"^\..+\.(tmp|replaced)-(?:([A-Za-z0-9-]+)-)?(\d+)(\.[^/]*)
 # machines (a sweep on a cluster), where a pid means something on its own host only.
 # In a container PIPELINE_HOST is the machine's own name (the runner passes it), not the container's.
 HOST = re.sub(r"[^A-Za-z0-9-]", "-", os.environ.get("PIPELINE_HOST") or socket.gethostname()) or "host"
+
+
+def final_name(path) -> Path:
+    """The output a temporary path stands for: .demo.tmp-host-1.onnx -> demo.onnx, and a file inside a
+    temporary build folder -> that folder's final name. Messages name what the user knows."""
+    parts = Path(path).parts
+    for i, part in enumerate(parts):
+        m = TEMP_RE.match(part)
+        if m:
+            return Path(*parts[:i], part[1:m.start(1) - 1] + (m.group(4) or ""))
+    return Path(path)
 
 
 def temp_name(final: Path, suffix: str = "") -> Path:

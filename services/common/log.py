@@ -1,9 +1,11 @@
 """Messages for people: one line per event, one actionable line per error, a table at the end."""
 import errno
+import json
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
-from . import paths
+from . import files, paths
 
 
 FOLDER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
@@ -36,8 +38,8 @@ def user_errors(stage: str):
         # a full disk) is the user's to fix; whatever was half-built went to a temporary name.
         fix = ("free some space there" if e.errno in (errno.ENOSPC, errno.EDQUOT) else
                "give this user write access to it (chown/chmod, chattr -i, or a read-write mount)")
-        print(f"{stage}: error: {paths.rel(e.filename) if e.filename else 'a file'}: {e.strerror}; {fix}, "
-              f"then run the stage again", file=sys.stderr, flush=True)
+        where = paths.rel(files.final_name(e.filename)) if e.filename else "a file"
+        print(f"{stage}: error: {where}: {e.strerror}; {fix}, then run the stage again", file=sys.stderr, flush=True)
         raise SystemExit(2)
     except KeyboardInterrupt:
         print(f"{stage}: interrupted; nothing was renamed into place", file=sys.stderr, flush=True)
@@ -59,7 +61,35 @@ def reading(path, what: str, fix: str):
     except (UserError, KeyboardInterrupt, MemoryError):
         raise
     except Exception as e:
-        raise UserError(f"{paths.rel(path)} ({what}) cannot be read ({type(e).__name__}); {fix}") from e
+        raise UserError(f"{paths.rel(path)} ({what}) cannot be read ({type(e).__name__}){where_in_file(e)}; "
+                        f"{fix}") from e
+
+
+def read_json_object(path, what: str, fix: str, fields=()) -> dict:
+    """A JSON object another stage wrote, read at the boundary: unparsable, not an object, or
+    lacking one of `fields` is one line naming the file, where, and `fix`."""
+    with reading(path, what, fix):
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
+        missing = [f for f in fields if f not in data]
+        if missing:
+            raise KeyError(missing[0])
+    return data
+
+
+def where_in_file(e: Exception) -> str:
+    """Where in the file the reader gave up, as far as it says: the line and column of a JSON or YAML
+    parser, the key or field a structure lacked, or the reader's own first words."""
+    if hasattr(e, "lineno") and hasattr(e, "colno"):  # json.JSONDecodeError
+        return f" at line {e.lineno}, column {e.colno}: {e.msg}"
+    mark = getattr(e, "problem_mark", None)  # yaml.MarkedYAMLError
+    if mark is not None:
+        return f" at line {mark.line + 1}, column {mark.column + 1}: {getattr(e, 'problem', '')}"
+    if isinstance(e, KeyError):
+        return f": no field {e.args[0]!r}" if e.args else ""
+    text = " ".join(str(e).split())
+    return f": {text[:120]}" if text else ""
 
 
 def table(headers: list[str], rows: list[list], title: str = "") -> str:

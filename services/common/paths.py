@@ -40,3 +40,23 @@ def stage_folders(cfg: dict, root: Path = ROOT) -> list[Path]:
     sets = ["coco"] if "coco_person" in cfg["evaluate"]["sets"] else []
     return ([dataset_dir(name, root) for name in [cfg["dataset"]["name"], *sets]]
             + [artifacts_dir(cfg["experiment"], root), runs_dir(cfg["experiment"], root)])
+
+
+# The folders each stage creates files in or replaces, below artifacts/<exp> and runs/<exp> (the
+# dataset stage: datasets/<name>/yolo). Each must be writable before the stage starts (common/space.py).
+ARTIFACTS_WRITTEN = {"fit": ["weights", "train"], "export": ["models", "metrics"], "evaluate": ["metrics"],
+                     "convert": ["models", "metrics", "rknn", "board"]}
+RUNS_WRITTEN = {"fit": ["", "train", "train/weights"]}
+
+
+def written_by(stage: str, cfg: dict, root: Path = ROOT) -> list[Path]:
+    """Every folder `stage` writes for this experiment, outermost first. artifacts/<exp> is always
+    one: the experiment's lock lives there."""
+    art, runs = artifacts_dir(cfg["experiment"], root), runs_dir(cfg["experiment"], root)
+    out = [art] + [runs / sub for sub in RUNS_WRITTEN.get(stage, [])]
+    out += [art / sub for sub in ARTIFACTS_WRITTEN.get(stage, [])]
+    if stage == "dataset":
+        sets = ["coco"] if "coco_person" in cfg["evaluate"]["sets"] else []
+        for name in [cfg["dataset"]["name"], *sets]:
+            out += [dataset_dir(name, root), yolo_dir(name, root)]
+    return out

@@ -74,7 +74,7 @@ def calibration_images(cfg: dict, root: Path) -> list[Path]:
         raise UserError(f"no calibration list {paths.rel(listing, root)}; run `make dataset` (it writes calib.txt) "
                         f"or set convert.calibration=PATH")
     images = [root / line.strip() for line in listing.read_text().splitlines() if line.strip()]
-    bad = [p for p in images if cv2.imread(str(p)) is None]
+    bad = [p for p in images if not p.is_file() or cv2.imread(str(p)) is None]  # no OpenCV warning for a missing one
     if bad or not images:
         shown = ", ".join(paths.rel(p, root) for p in bad[:3])
         raise UserError(f"calibration list {paths.rel(listing, root)}: {len(bad)} of {len(images)} image(s) missing "
@@ -82,27 +82,35 @@ def calibration_images(cfg: dict, root: Path) -> list[Path]:
     return images
 
 
-def letterboxed_copies(images: list[Path], size, cache: Path) -> list[Path]:
+def letterboxed_copies(images: list[Path], size, cache: Path, tiles: int = 1, overlap: float = 0.0) -> list[Path]:
     """The images pre-processed exactly as at inference (letterboxed to the input size), cached by
-    size, so the quantizer sees what the NPU will see."""
+    size, so the quantizer sees what the NPU will see. With tiles (evaluate.tiles) the NPU sees tiles:
+    each image gives one of its tiles, the k-th image its (k mod tiles)-th, so every position is seen
+    for the cost of one input per image."""
     cache.mkdir(parents=True, exist_ok=True)
     out = []
-    for p in images:
-        target = cache / (p.stem + ".png")
+    for k, p in enumerate(images):
+        target = cache / (p.stem + (f".tile{k % tiles}" if tiles > 1 else "") + ".png")
         if not target.is_file():
-            padded, _, _ = decode.letterbox(cv2.imread(str(p)), size)
+            image = cv2.imread(str(p))
+            try:
+                padded = decode.letterbox_tiles(image, size, tiles, overlap)[k % tiles][0] if tiles > 1 else \
+                    decode.letterbox(image, size)[0]
+            except ValueError as e:  # tiles this frame cannot carry: the evaluation would refuse them too
+                raise UserError(f"{paths.rel(p)}: evaluate.{e}") from None
             with files.atomic_path(target) as tmp:
                 cv2.imwrite(str(tmp), padded)  # the toolkit reads image files as RGB (quant_img_RGB2BGR=False)
         out.append(target)
     return out
 
 
-def calibration_listing(images: list, size: tuple[int, int], work: Path) -> Path:
-    """The calibration images letterboxed to the model's input (cached by size under `work`) and the
-    list the toolkit reads."""
-    cache = work / f"calib-{size[0]}x{size[1]}"
-    calib = letterboxed_copies(images, size, cache)
-    listing = work / f"calib-{size[0]}x{size[1]}.txt"
+def calibration_listing(images: list, size: tuple[int, int], work: Path, tiles: int = 1,
+                        overlap: float = 0.0) -> Path:
+    """The calibration images letterboxed to the model's input (cached by size and tiling under
+    `work`) and the list the toolkit reads."""
+    name = f"calib-{size[0]}x{size[1]}" + (f"-tiles{tiles}-overlap{overlap:g}" if tiles > 1 else "")
+    calib = letterboxed_copies(images, size, work / name, tiles, overlap)
+    listing = work / f"{name}.txt"
     files.atomic_write_text(listing, "".join(f"{p.resolve()}\n" for p in calib))
     return listing
 

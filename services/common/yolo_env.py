@@ -1,4 +1,5 @@
-"""Ultralytics, kept offline and inside the project. Call `prepare()` before any other ultralytics import.
+"""Ultralytics, kept offline and inside the project. Importing `services` points its settings into the
+project (point_into_project); call `prepare()` before using ultralytics for the rest.
 
 Left alone, ultralytics probes DNS at import, fetches a font when it checks a dataset, pip-installs
 packages at run time and keeps its settings in the home directory (../shared/notes/ml-stack-facts.md).
@@ -14,13 +15,23 @@ from pathlib import Path
 from .paths import ROOT
 
 
+def config_dir(root: Path = ROOT) -> Path:
+    """<project>/.yolo. In a container the project folder is not writable by the invoking user: the
+    image points this at a scratch folder (PIPELINE_YOLO_DIR, Dockerfile.train)."""
+    return Path(os.environ.get("PIPELINE_YOLO_DIR") or Path(root) / ".yolo")
+
+
+def point_into_project(root: Path = ROOT) -> None:
+    """YOLO_CONFIG_DIR, which ultralytics reads once, when it is first imported (its settings.json
+    and downloaded fonts live there). services/__init__.py calls this, so it happens before any
+    stage can import ultralytics, however indirectly (torch.load of a checkpoint imports it)."""
+    os.environ["YOLO_CONFIG_DIR"] = str(config_dir(root))
+
+
 def prepare(root: Path = ROOT, allow_downloads: bool = False) -> None:
-    # In a container the project folder is not writable by the invoking user: the image points this
-    # at a scratch folder (Dockerfile.train).
-    config_dir = Path(os.environ.get("PIPELINE_YOLO_DIR") or Path(root) / ".yolo")
-    user_dir = config_dir / "Ultralytics"  # ultralytics appends this to YOLO_CONFIG_DIR
+    user_dir = config_dir(root) / "Ultralytics"  # ultralytics appends this to YOLO_CONFIG_DIR
     user_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+    point_into_project(root)
     os.environ["YOLO_AUTOINSTALL"] = "0"
     if not allow_downloads:
         os.environ["YOLO_OFFLINE"] = "1"

@@ -63,6 +63,8 @@ def write_bundle(cfg: dict, model: Path, size, layout: str, toolkit_version: str
         bundle = {"experiment": exp, "model": model.name, "imgsz_hw": list(size), "toolkit_version": toolkit_version,
                   "platform": cfg["convert"]["platform"], "dtype": cfg["convert"]["dtype"], "iou": e["iou"],
                   "max_det": e["max_det"], "category_ids": [1], "labels": ["person"],
+                  # detect.py's --tiles default: the tiling the model was evaluated with
+                  "tiles": e.get("tiles", 1), "tile_overlap": e.get("tile_overlap", 0.1),
                   "onnx": onnx.name if onnx.is_file() else None,
                   "layout": layout, "layout_means": decode.LAYOUTS[layout],
                   "layouts_measured": LAYOUT_MEASUREMENTS,

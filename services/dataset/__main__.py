@@ -17,7 +17,7 @@ dataset.proxy_annotations, the same way. The second and third only generate thos
 import argparse
 from pathlib import Path
 
-from services.common import config, paths
+from services.common import config, paths, space
 from services.common.cli import stage_main
 from services.common.log import info
 
@@ -68,6 +68,8 @@ def prepare(cfg: dict, force: bool = False, root=paths.ROOT) -> None:
         info(STAGE, "offline (OFFLINE=1): nothing is downloaded")
     # Everything that must be fetched first, so one run lists all a user has to do by hand.
     problems = []
+    if (d["generate_demo"] or d["generate_proxy"]) and not paths.raw_dir(d["name"], root).exists():
+        space.require(STAGE, space.dataset_need(cfg, root))  # the download is generated first
     if d["generate_demo"]:
         demo.ensure(paths.raw_dir(d["name"], root), d["seed"])
     elif d["generate_proxy"]:

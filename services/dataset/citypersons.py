@@ -27,7 +27,7 @@ import numpy as np
 import scipy.io
 from tqdm import tqdm
 
-from services.common import files, manifest, paths
+from services.common import files, manifest, paths, space
 from services.common.log import UserError, info, table, warn
 
 from . import download
@@ -118,7 +118,8 @@ def fetch_cityscapes(zip_path: Path, partial_dir: Path, root: Path, online: bool
     except Exception as e:  # noqa: BLE001 (requests' and the downloader's own errors)
         if "MD5" in str(e):
             part.unlink(missing_ok=True)  # ours, and wrong: the next run starts over
-            return f"{what}: the download did not match its md5 and was discarded; run `make dataset` again, or {by_hand}"
+            return (f"{what}: the download did not match its md5 and was discarded; run `make dataset` again, "
+                    f"or {by_hand}")
         if getattr(getattr(e, "response", None), "status_code", None) == 416:
             # Nothing left to resume from: the kept part is whole (a run stopped during the md5
             # check) or longer than the file. The downloader cannot check it, so start over
@@ -173,15 +174,44 @@ def read_mat(path: Path, split: str) -> list[dict]:
         found = [k for k in mat if not k.startswith("__")]
         raise UserError(f"{path} has no '{key}' (it has: {', '.join(found) or 'nothing'}); is it the "
                         f"CityPersons {split} annotation file? {WHERE_MAT.format(file=path.name)}")
-    records = []
-    for cell in mat[key].ravel():
-        s = cell[0, 0]
-        # bbs dtype varies per image (uint8/int16/uint16): cast before any arithmetic, uint8 overflows
-        # on x1 + w. Images with one box can come back 1-D, images with none as (0, 10).
-        bbs = np.asarray(s["bbs"]).astype(np.int64).reshape(-1, 10)
-        records.append({"split": split, "city": str(s["cityname"][0]), "name": str(s["im_name"][0]),
-                        "bbs": bbs})
-    return records
+    cells = np.asarray(mat[key], dtype=object).ravel()
+    return [_record(cell, i, path, key, split) for i, cell in enumerate(cells)]
+
+
+MAT_FIELDS = ("cityname", "im_name", "bbs")
+
+
+def _record(cell, i: int, path: Path, key: str, split: str) -> dict:
+    """One image's record, or one line naming the file, the record and the field that is not as the
+    CityPersons files have it: {cityname, im_name, bbs (n x 10 numbers)} in a 1x1 struct."""
+    def bad(what: str) -> UserError:
+        return UserError(f"{paths.rel(path)}: {key}[{i}] {what}, so this is not the CityPersons {split} annotation "
+                         f"file (or it is damaged); {WHERE_MAT.format(file=path.name)} and replace it")
+    s = cell[0, 0] if isinstance(cell, np.ndarray) and cell.size == 1 and cell.ndim == 2 else None
+    names = getattr(getattr(s, "dtype", None), "names", None) or ()
+    if not names:
+        raise bad(f"is not a struct of {', '.join(MAT_FIELDS)} (it holds a {type(cell).__name__} of shape "
+                  f"{np.shape(cell)})")
+    missing = [f for f in MAT_FIELDS if f not in names]
+    if missing:
+        raise bad(f"has no field {missing[0]} (its fields: {', '.join(names)})")
+    text = {}
+    for field in ("cityname", "im_name"):
+        value = np.asarray(s[field]).ravel()
+        if value.size != 1 or not isinstance(value[0], str):
+            raise bad(f"field {field} is not one text ({value.size} value(s) of type {value.dtype})")
+        text[field] = str(value[0])
+    # bbs dtype varies per image (uint8/int16/uint16): cast before any arithmetic, uint8 overflows
+    # on x1 + w. Images with one box can come back 1-D, images with none as (0, 10).
+    raw = np.asarray(s["bbs"])
+    try:
+        bbs = raw.astype(np.int64)
+    except (TypeError, ValueError):
+        raise bad(f"field bbs holds {raw.dtype} values, not numbers") from None
+    if bbs.size % 10 or (bbs.ndim == 2 and bbs.size and bbs.shape[1] != 10):
+        raise bad(f"field bbs has shape {raw.shape}, not rows of 10 numbers (class, x, y, w, h, id, "
+                  f"visible x, y, w, h)")
+    return {"split": split, "city": text["cityname"], "name": text["im_name"], "bbs": bbs.reshape(-1, 10)}
 
 
 def undecodable(images: list[Path], what: str) -> set[Path]:
@@ -408,6 +438,8 @@ class Linker:
                 self.used[how] += 1
                 return
             except OSError as e:
+                if e.errno in space.FULL_ERRNOS:  # no other way will fit either: the stage's disk-full line
+                    raise
                 if how == order[-1]:
                     raise UserError(f"cannot place {src} in {dst.parent} by {how} ({e.strerror}); "
                                     f"check permissions and free space, or set dataset.link")
@@ -483,13 +515,9 @@ def convert(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
                     f"FORCE=1 rebuilds it")
         return old
 
+    space.require(STAGE, space.dataset_need(cfg, root))  # before the build, which keeps the old one beside it
     records = {s: read_mat(raw / f"anno_{s}.mat", s) for s in SPLITS}
-    absent = [images / r["split"] / r["city"] / r["name"] for s in SPLITS for r in records[s]
-              if not (images / r["split"] / r["city"] / r["name"]).exists()]
-    if absent:
-        raise UserError(f"{len(absent)} image(s) listed in the annotations are absent, e.g. "
-                        f"{paths.rel(absent[0], root)}; extract all of leftImg8bit_trainvaltest.zip "
-                        f"into {paths.rel(raw, root)}/ (or delete a partial leftImg8bit/ so it is re-extracted)")
+    check_images_present(records, images, raw, root)
 
     train, selection = split_selection(records["train"], d["selection_fraction"], d["seed"])
     positive_ids = {CLASS_ID[c] for c in d["positives"]}
@@ -528,6 +556,15 @@ def convert(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
     record_moved_aside(result, build, out_dir, root, old)
     report(result, out_dir, link, root)
     return result
+
+
+def check_images_present(records: dict, images: Path, raw: Path, root: Path) -> None:
+    absent = [images / r["split"] / r["city"] / r["name"] for s in SPLITS for r in records[s]
+              if not (images / r["split"] / r["city"] / r["name"]).exists()]
+    if absent:
+        raise UserError(f"{len(absent)} image(s) listed in the annotations are absent, e.g. "
+                        f"{paths.rel(absent[0], root)}; extract all of leftImg8bit_trainvaltest.zip "
+                        f"into {paths.rel(raw, root)}/ (or delete a partial leftImg8bit/ so it is re-extracted)")
 
 
 def calibration_list(build: Path, final: Path, n: int, seed: int, root: Path, counts: dict) -> list[str]:

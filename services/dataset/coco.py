@@ -146,7 +146,7 @@ def build(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
     for path in (ann_file, images_dir):
         if not path.exists():
             raise UserError(f"missing {paths.rel(path, root)}; run `make dataset` on a connected machine "
-                            f"(it downloads the COCO archives), or see README: Data")
+                            f"(it downloads the COCO archives), or see docs/thesis/data.md")
     fp = fingerprint(cfg, ann_file, images_dir, root)
     old = files.read_json(out_dir / "manifest.json")
     if old and old.get("fingerprint") == fp and not force:
@@ -156,72 +156,25 @@ def build(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
     data = read_instances(ann_file, root)
     person_id = person_category_id(data, ann_file, root)
     images, persons, with_person = select(data, person_id, d["coco_negatives"])
-    absent = [im for im in images if not _present(images_dir / im["file_name"])]
-    if absent:
-        what = (f"{len(absent)} of the {len(images)} images person_val2017 needs are absent from "
-                f"{paths.rel(images_dir, root)}/, e.g. {absent[0]['file_name']}")
-        if not d["coco_allow_missing_images"]:
-            raise UserError(f"{what}; extract val2017.zip again (move the incomplete val2017/ aside first), or "
-                            f"set dataset.coco_allow_missing_images=true to go on with the "
-                            f"{len(images) - len(absent)} present")
-        warn(STAGE, f"{what}; going on with the {len(images) - len(absent)} present "
-                    f"(dataset.coco_allow_missing_images=true; the manifest lists them)")
-        gone = {im["id"] for im in absent}
-        images = [im for im in images if im["id"] not in gone]
-    kept = {im["id"] for im in images}
-    by_image = {}
-    for a in persons:
-        by_image.setdefault(a["image_id"], []).append(a)
-
+    images, absent = present_images(images, images_dir, d, root)
     link = Linker(d["link"])
-    n = {"clipped": 0, "degenerate": 0, "boxes": 0}
     with files.build_dir(out_dir, same_inputs=bool(old) and old.get("fingerprint") == fp) as build:
-        (build.path / "val" / "images").mkdir(parents=True)
-        (build.path / "val" / "labels").mkdir(parents=True)
-        for im in tqdm(images, desc="coco person", unit="img", mininterval=0.5, leave=False):
-            lines, clipped, degenerate = person_lines(by_image.get(im["id"], []), im["width"], im["height"])
-            link(images_dir / im["file_name"], build.path / "val" / "images" / im["file_name"])
-            (build.path / "val" / "labels" / (Path(im["file_name"]).stem + ".txt")).write_text(
-                "".join(line + "\n" for line in lines))
-            n["boxes"] += len(lines)
-            n["clipped"] += clipped
-            n["degenerate"] += degenerate
-        annotations = [{**a, "category_id": PERSON_CATEGORY["id"]} for a in persons if a["image_id"] in kept]
-        gt = {"info": {**(data.get("info") or {}),
-                       "description": "COCO val2017, person category only (built by services.dataset): images "
-                                      "with a person" + (" and images without one" if d["coco_negatives"] else "")
-                                      + "; crowd annotations kept (iscrowd=1), so pycocotools ignores them"},
-              "licenses": data.get("licenses", []),
-              "images": images, "annotations": annotations, "categories": [PERSON_CATEGORY]}
-        files.atomic_write_json(build.path / "person_val2017.json", gt)
-        (build.path / "person_val2017.yaml").write_text(ultralytics_yaml())
-        crowd = sum(1 for a in annotations if a.get("iscrowd", 0))
+        n = write_labels(images, persons, images_dir, build.path, link)
+        annotations = write_ground_truth(data, images, persons, d, build.path)
         counts = {
             "images": len(images),
             "images_with_person": sum(1 for im in images if im["id"] in with_person),
             "negatives": sum(1 for im in images if im["id"] not in with_person),
-            "person_annotations": len(annotations), "crowd": crowd, "boxes": n["boxes"],
-            "clipped": n["clipped"], "degenerate": n["degenerate"],
+            "person_annotations": len(annotations), "crowd": sum(1 for a in annotations if a.get("iscrowd", 0)),
+            "boxes": n["boxes"], "clipped": n["clipped"], "degenerate": n["degenerate"],
             "missing_images": len(absent), "missing_files": [im["file_name"] for im in absent],
             "listed_images": len(data["images"]),
             "other_categories_dropped": len(data["annotations"]) - len(persons),
         }
-        result = {
-            **manifest.provenance(STAGE, cfg, []),
-            "fingerprint": fp,
-            "policy": {"negatives": d["coco_negatives"],
-                       "negatives_means": "images without a person annotation are "
-                                          + ("included" if d["coco_negatives"] else "left out"),
-                       "allow_missing_images": d["coco_allow_missing_images"],
-                       "category": {"source_id": person_id, "id": PERSON_CATEGORY["id"], "yolo_class": 0},
-                       "crowd": "kept in person_val2017.json (iscrowd=1, ignored by pycocotools); "
-                                "not in the YOLO labels",
-                       "clip_to_frame": True},
-            "counts": counts,
-            "images_placed": dict(link.used), "bytes_copied": link.bytes_copied,
-            "moved_aside": None,
-            "started": started, "finished": manifest.now(), "wall_s": round(time.perf_counter() - t0, 3),
-        }
+        result = {**manifest.provenance(STAGE, cfg, []), "fingerprint": fp, "policy": policy(d, person_id),
+                  "counts": counts, "images_placed": dict(link.used), "bytes_copied": link.bytes_copied,
+                  "moved_aside": None,
+                  "started": started, "finished": manifest.now(), "wall_s": round(time.perf_counter() - t0, 3)}
         files.atomic_write_json(build.path / "manifest.json", result)
     record_moved_aside(result, build, out_dir, root, old)
     info(STAGE, link.summary())
@@ -230,6 +183,69 @@ def build(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
                 [["coco person val2017", c["images"], c["images_with_person"], c["negatives"], c["boxes"],
                   c["crowd"], c["missing_images"]]], title=f"\n{paths.rel(out_dir, root)}"))
     return result
+
+
+def present_images(images: list, images_dir: Path, d: dict, root: Path) -> tuple[list, list]:
+    """(the images whose files are there, the absent ones): absent ones are refused in one line, or, with
+    dataset.coco_allow_missing_images, left out with a warning and listed in the manifest."""
+    absent = [im for im in images if not _present(images_dir / im["file_name"])]
+    if not absent:
+        return images, []
+    what = (f"{len(absent)} of the {len(images)} images person_val2017 needs are absent from "
+            f"{paths.rel(images_dir, root)}/, e.g. {absent[0]['file_name']}")
+    if not d["coco_allow_missing_images"]:
+        raise UserError(f"{what}; extract val2017.zip again (move the incomplete val2017/ aside first), or "
+                        f"set dataset.coco_allow_missing_images=true to go on with the "
+                        f"{len(images) - len(absent)} present")
+    warn(STAGE, f"{what}; going on with the {len(images) - len(absent)} present "
+                f"(dataset.coco_allow_missing_images=true; the manifest lists them)")
+    gone = {im["id"] for im in absent}
+    return [im for im in images if im["id"] not in gone], absent
+
+
+def write_labels(images: list, persons: list, images_dir: Path, out: Path, link) -> dict:
+    """val/images (linked or copied) and val/labels (YOLO boxes, clipped to the frame); box counts."""
+    by_image = {}
+    for a in persons:
+        by_image.setdefault(a["image_id"], []).append(a)
+    n = {"clipped": 0, "degenerate": 0, "boxes": 0}
+    (out / "val" / "images").mkdir(parents=True)
+    (out / "val" / "labels").mkdir(parents=True)
+    for im in tqdm(images, desc="coco person", unit="img", mininterval=0.5, leave=False):
+        lines, clipped, degenerate = person_lines(by_image.get(im["id"], []), im["width"], im["height"])
+        link(images_dir / im["file_name"], out / "val" / "images" / im["file_name"])
+        (out / "val" / "labels" / (Path(im["file_name"]).stem + ".txt")).write_text(
+            "".join(line + "\n" for line in lines))
+        n["boxes"] += len(lines)
+        n["clipped"] += clipped
+        n["degenerate"] += degenerate
+    return n
+
+
+def write_ground_truth(data: dict, images: list, persons: list, d: dict, out: Path) -> list:
+    """person_val2017.json (pycocotools' ground truth, crowd kept) and the ultralytics data YAML;
+    returns the person annotations kept."""
+    kept = {im["id"] for im in images}
+    annotations = [{**a, "category_id": PERSON_CATEGORY["id"]} for a in persons if a["image_id"] in kept]
+    gt = {"info": {**(data.get("info") or {}),
+                   "description": "COCO val2017, person category only (built by services.dataset): images "
+                                  "with a person" + (" and images without one" if d["coco_negatives"] else "")
+                                  + "; crowd annotations kept (iscrowd=1), so pycocotools ignores them"},
+          "licenses": data.get("licenses", []),
+          "images": images, "annotations": annotations, "categories": [PERSON_CATEGORY]}
+    files.atomic_write_json(out / "person_val2017.json", gt)
+    (out / "person_val2017.yaml").write_text(ultralytics_yaml())
+    return annotations
+
+
+def policy(d: dict, person_id: int) -> dict:
+    return {"negatives": d["coco_negatives"],
+            "negatives_means": "images without a person annotation are "
+                               + ("included" if d["coco_negatives"] else "left out"),
+            "allow_missing_images": d["coco_allow_missing_images"],
+            "category": {"source_id": person_id, "id": PERSON_CATEGORY["id"], "yolo_class": 0},
+            "crowd": "kept in person_val2017.json (iscrowd=1, ignored by pycocotools); not in the YOLO labels",
+            "clip_to_frame": True}
 
 
 def _present(path: Path) -> bool:

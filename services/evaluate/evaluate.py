@@ -61,7 +61,9 @@ def evaluation_sets(cfg: dict, root: Path) -> dict:
 
 
 def detect(backend, images: list[dict], folder: Path, size, e: dict):
-    """Run a backend over the images of one set; COCO results and per-image latency (ms)."""
+    """Run a backend over the images of one set; COCO results and per-image latency (ms). With
+    evaluate.tiles > 1 each frame is cut into that many tiles, each a model input of its own, and
+    their detections merged into the frame's (services/common/decode.py)."""
     dets, latency = [], []
     batch = e["batch"] if backend.batch_ok else 1
     for start in tqdm(range(0, len(images), batch), desc=f"{backend.name:>5}", unit="batch",
@@ -69,21 +71,40 @@ def detect(backend, images: list[dict], folder: Path, size, e: dict):
         chunk = images[start:start + batch]
         t0 = time.perf_counter()
         inputs, metas = [], []
-        for im in chunk:
-            path = folder / (im.get("im_name") or im["file_name"])  # the miss-rate files say im_name, COCO file_name
-            image = cv2.imread(str(path))
-            if image is None:
-                raise UserError(f"cannot read {paths.rel(path)}; rebuild the dataset (`make dataset FORCE=1`)")
-            x, meta = decode.preprocess(image, size)
+        for im in chunk:  # the miss-rate files say im_name, COCO file_name
+            x, tiles = frame_inputs(folder / (im.get("im_name") or im["file_name"]), size, e)
             inputs.append(x)
-            metas.append(meta)
-        out = backend(np.concatenate(inputs))
-        for j, (im, meta) in enumerate(zip(chunk, metas)):
-            boxes, scores, cls = decode.postprocess([o[j:j + 1] for o in out], backend.layout, size, e["conf"],
-                                                  e["iou"], e["max_det"])
-            dets += decode.to_coco(im["id"], decode.scale_boxes(boxes, meta), scores, cls, CATEGORY_IDS)
+            metas.append(tiles)
+        out = run_batched(backend, np.concatenate(inputs), batch)
+        first = 0
+        for im, tiles in zip(chunk, metas):
+            per_tile = [decode.postprocess([o[k:k + 1] for o in out], backend.layout, size, e["conf"], e["iou"],
+                                           e["max_det"]) for k in range(first, first + len(tiles))]
+            first += len(tiles)
+            boxes, scores, cls = decode.merge_tiles(per_tile, tiles, e["iou"], e["max_det"])
+            dets += decode.to_coco(im["id"], boxes, scores, cls, CATEGORY_IDS)
         latency += [(time.perf_counter() - t0) * 1000 / len(chunk)] * len(chunk)
     return dets, latency
+
+
+def frame_inputs(path: Path, size, e: dict):
+    """One frame read and cut into evaluate.tiles letterboxed inputs (one: the whole frame)."""
+    image = cv2.imread(str(path))
+    if image is None:
+        raise UserError(f"cannot read {paths.rel(path)}; rebuild the dataset (`make dataset FORCE=1`)")
+    try:
+        return decode.preprocess_tiles(image, size, e["tiles"], e["tile_overlap"])
+    except ValueError as err:
+        raise UserError(f"{paths.rel(path)}: evaluate.{err}") from None
+
+
+def run_batched(backend, x: np.ndarray, batch: int) -> list:
+    """The backend over x in batches of at most `batch` (a frame's tiles can outnumber it); the
+    outputs joined back along the batch axis."""
+    if len(x) <= batch:
+        return backend(x)
+    parts = [backend(x[i:i + batch]) for i in range(0, len(x), batch)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
 # ---------------------------------------------------------------------------------------- stage
@@ -135,14 +156,16 @@ def evaluate_one(cfg: dict, fmt: str, weights: Path, root: Path, force: bool = F
               "device": backend.device,
               "settings": {"imgsz_hw": list(size), "conf": e["conf"], "iou": e["iou"], "max_det": e["max_det"],
                            "batch": e["batch"] if backend.batch_ok else 1, "letterbox": "ultralytics, pad 114",
-                           "category_ids": CATEGORY_IDS},
+                           "tiles": e["tiles"], "tile_overlap": e["tile_overlap"],
+                           "input_pixels_per_frame": e["tiles"] * size[0] * size[1], "category_ids": CATEGORY_IDS},
               "sets": {}}
     all_latency = []
     for name, (folder, gt_file, coco_file) in sets.items():
         result["sets"][name], latency = score_set(backend, fmt, name, folder, gt_file, coco_file, size, e, exp)
         all_latency += latency
     result["latency_ms_per_image"] = {**latency_summary(all_latency),
-                                      "includes": "read, letterbox, inference, decode, NMS", "device": backend.device}
+                                      "includes": "read, letterbox (every tile), inference, decode, NMS",
+                                      "device": backend.device}
     if fmt == "pt" and "val" in sets:
         result["ultralytics_val"] = ultralytics_val(cfg, weights, size, root, end2end=backend.layout == "end2end")
     result.update(started=started, finished=manifest.now(), wall_s=round(time.perf_counter() - t0, 2))
@@ -150,14 +173,15 @@ def evaluate_one(cfg: dict, fmt: str, weights: Path, root: Path, force: bool = F
     files.atomic_write_json(exp.metrics_of(fmt), result)
     for name, s in result["sets"].items():
         mr = f", MR-2 Reasonable {100 * s['miss_rate']['Reasonable']:.2f} %" if s["miss_rate"] else ""
-        info(STAGE, f"{fmt} on {name}: AP50 {s['coco']['AP50']:.3f}, AP {s['coco']['AP']:.3f}{mr}  "
+        tiled = f", {e['tiles']} tiles" if e["tiles"] > 1 else ""
+        info(STAGE, f"{fmt} on {name}{tiled}: AP50 {s['coco']['AP50']:.3f}, AP {s['coco']['AP']:.3f}{mr}  "
                     f"({s['images']} images, {result['latency_ms_per_image']['mean']:.1f} ms/image)")
     return result
 
 
 def evaluation_fingerprint(e: dict, size, weights: Path, sets: dict) -> dict:
     """Which model (the weights' checksum) and everything that changes its numbers."""
-    settings = {k: e[k] for k in ("sets", "conf", "iou", "max_det", "batch")}
+    settings = {k: e[k] for k in ("sets", "conf", "iou", "max_det", "batch", "tiles", "tile_overlap")}
     return {"evaluator_version": EVALUATOR_VERSION, "evaluate": settings, "imgsz_hw": list(size),
             "weights_sha256": files.sha256_file(weights),
             "ground_truth_sha256": {n: [files.sha256_file(f) for f in (g, c) if f is not None]

@@ -16,7 +16,7 @@ artifacts/<exp>/models/<exp>.rknn-head.onnx  the quantization-friendly head for 
   Every INT8 tensor has one scale. Boxes (0..imgsz) and scores (0..1) in one tensor round every
   score to 0 (the "INT8 model detects nothing" failure); boxes normalised to the whole input round
   each coordinate to 1/255 of it (8 px in a 2048-px frame). Per-stride outputs with small ranges
-  keep sub-pixel steps at any input size (README: "The RKNN head").
+  keep sub-pixel steps at any input size (docs/thesis/convert.md: "The RKNN head").
 
 Parity with the PyTorch model goes into artifacts/<exp>/metrics/export.json.
 """

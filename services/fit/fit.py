@@ -14,8 +14,8 @@ import shutil
 import time
 from pathlib import Path
 
-from services.common import files, manifest, paths
-from services.common.log import UserError, info, table, warn
+from services.common import files, manifest, paths, space
+from services.common.log import UserError, info, read_json_object, reading, table, warn
 
 STAGE = "fit"
 
@@ -23,9 +23,10 @@ STAGE = "fit"
 # ---------------------------------------------------------------------------------------- inputs
 def dataset_checksum(yolo: Path, name: str) -> str:
     """What the dataset is, not when it was built: its input fingerprint and counts."""
-    m = files.read_json(yolo / "manifest.json")
-    if not m or not (yolo / f"{name}.yaml").is_file():
+    if not (yolo / "manifest.json").is_file() or not (yolo / f"{name}.yaml").is_file():
         raise UserError(f"no dataset in {paths.rel(yolo)} yet; run `make dataset` (with the same EXP) first")
+    m = read_json_object(yolo / "manifest.json", "the dataset's manifest", "`make dataset FORCE=1` builds it again",
+                         fields=("fingerprint", "counts"))
     stable = json.dumps({"fingerprint": m["fingerprint"], "counts": m["counts"]}, sort_keys=True)
     return hashlib.sha256(stable.encode()).hexdigest()
 
@@ -140,6 +141,15 @@ def diff_keys(old: dict, new: dict) -> list[str]:
             if old.get(k) != new.get(k)]
 
 
+def read_state(state_file: Path) -> dict | None:
+    """stage.json, what this run was started with; None when there is none. One that cannot be read
+    is one line: resuming, or refusing to, cannot be decided without it."""
+    if not state_file.is_file():
+        return None
+    return read_json_object(state_file, "what the run was started with", "`make fit FRESH=1` trains anew (the run "
+                            "is moved aside, never deleted)", fields=("status", "train", "dataset_sha256"))
+
+
 def checkpoint_epoch(last: Path) -> int | None:
     """Epochs completed in last.pt (ultralytics stores the 0-based epoch; -1 once training finished);
     None when the file cannot be read (a kill while ultralytics' final strip_optimizer rewrote it)."""
@@ -183,7 +193,10 @@ def mend_best(run_dir: Path) -> bool:
     last, best = run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt"
     if best.is_file() or not last.is_file():
         return False
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    with reading(last, "the run's last checkpoint", "`make fit FRESH=1` trains anew (the run is moved aside)"):
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        if not isinstance(ckpt, dict):
+            raise TypeError(f"it holds a {type(ckpt).__name__}, not an ultralytics checkpoint")
     if ckpt.get("best_fitness") is None or ckpt.get("best_fitness") != (ckpt.get("train_metrics") or {}).get("fitness"):
         return False
     with files.atomic_path(best) as tmp:
@@ -205,23 +218,17 @@ def trim_results(csv_path: Path, epochs_done: int) -> None:
 # ---------------------------------------------------------------------------------------- stage
 def run(cfg: dict, root: Path = paths.ROOT, fresh: bool = False, callbacks=()) -> dict:
     """Train (or resume, or skip when already done). Returns the train manifest."""
-    from services.common import yolo_env
     t, exp, name = cfg["train"], cfg["experiment"], cfg["dataset"]["name"]
     yolo = paths.yolo_dir(name, root)
     run_dir = paths.runs_dir(exp, root) / "train"
     art = paths.artifacts_dir(exp, root)
     data_sum = dataset_checksum(yolo, name)
-    model_src = local_model(t["model"], root)
-    # Offline unless weights must be fetched: with YOLO_OFFLINE ultralytics does not even probe DNS.
-    yolo_env.prepare(root, allow_downloads=model_src is None)
-    model_src = model_src or download_model(t["model"], root)
-    check_checkpoint(model_src)
-    device = check_device(t)
-    check_ram_cache(t, yolo, device)
-    args = ultralytics_args(t, yolo / f"{name}.yaml", run_dir, device)
+    model_src, args = model_and_args(t, yolo, name, run_dir, root)
 
     state_file, last = run_dir / "stage.json", run_dir / "weights" / "last.pt"
-    state = files.read_json(state_file)
+    state = read_state(state_file) if not fresh else None
+    if not (state and state["status"] == "finished"):  # a finished run is skipped, or refused, with no writing
+        space.require(STAGE, space.fit_need(cfg, root))
     resume = False
     if run_dir.exists() and fresh:
         info(STAGE, f"FRESH: moved the previous run aside to {paths.rel(files.move_aside(run_dir), root)}")
@@ -261,8 +268,20 @@ def run(cfg: dict, root: Path = paths.ROOT, fresh: bool = False, callbacks=()) -
 
     state["status"] = "finished"
     files.atomic_write_json(state_file, state)
-    result = _finish(cfg, trainer, args, run_dir, art, state, data_sum, started, t0, root)
-    return result
+    return _finish(cfg, trainer, args, run_dir, art, state, data_sum, started, t0, root)
+
+
+def model_and_args(t: dict, yolo: Path, name: str, run_dir: Path, root: Path) -> tuple[str, dict]:
+    """The model to start from (fetched if it must be) and ultralytics' arguments, every check done."""
+    from services.common import yolo_env
+    model_src = local_model(t["model"], root)
+    # Offline unless weights must be fetched: with YOLO_OFFLINE ultralytics does not even probe DNS.
+    yolo_env.prepare(root, allow_downloads=model_src is None)
+    model_src = model_src or download_model(t["model"], root)
+    check_checkpoint(model_src)
+    device = check_device(t)
+    check_ram_cache(t, yolo, device)
+    return model_src, ultralytics_args(t, yolo / f"{name}.yaml", run_dir, device)
 
 
 def _train_with_retries(args, model_src, run_dir, state, state_file, resume, t, callbacks, root):
@@ -331,7 +350,9 @@ class _FinishedRun:
 
     def __init__(self, run_dir: Path):
         import yaml
-        self.save_dir, self.args = run_dir, yaml.safe_load((run_dir / "args.yaml").read_text())
+        with reading(run_dir / "args.yaml", "ultralytics' record of the run's arguments",
+                     "`make fit FRESH=1` trains anew (the run is moved aside)"):
+            self.save_dir, self.args = run_dir, dict(yaml.safe_load((run_dir / "args.yaml").read_text()))
         self.best, self.last = run_dir / "weights" / "best.pt", run_dir / "weights" / "last.pt"
         self.metrics, self.batch_size = {}, self.args.get("batch")
 

@@ -60,6 +60,7 @@ def find_source(source: str, root: Path) -> tuple[str, Path, list[Path]]:
         if cv2.imread(str(path)) is None:
             raise UserError(f"{paths.rel(path, root)} is not a readable image; give a .jpg or .png that opens")
         return "images", path.resolve(), [path]
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own lines ("moov atom not found") above ours
     cap = cv2.VideoCapture(str(path))
     try:
         ok = cap.isOpened() and cap.read()[0]

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from services.common import overrides  # standard library only, as this file
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Stage name -> the environment (and image) it runs in. One name per stage everywhere: the Make
@@ -64,6 +66,7 @@ class Settings:
     extra_ca: str = ""
     experiment: str = ""      # the folders' name when not the config's (a sweep's trials)
     sweep: str = ""           # make sweep / make report: configs/sweeps/<sweep>.yaml
+    plan: bool = False        # make sweep: print the trials and a training-time estimate, start nothing
     source: str = ""          # make predict: an image, a folder or a video
     format: str = ""          # make predict: pt, onnx or rknn
 
@@ -80,21 +83,30 @@ def settings(env=None) -> Settings:
     env = os.environ if env is None else env
     get = lambda k, d="": env.get(k, d) or d  # noqa: E731 - empty means "not set", as in Make
     docker = shlex.split(get("DOCKER", "docker"))
-    s = Settings(exp=get("EXP", "citypersons"), args=shlex.split(get("ARGS")), force=flag("FORCE", get("FORCE")),
+    s = Settings(exp=get("EXP", "citypersons"), args=split_args(get("ARGS")), force=flag("FORCE", get("FORCE")),
                  fresh=flag("FRESH", get("FRESH")), offline=flag("OFFLINE", get("OFFLINE")),
                  runner=get("RUNNER").strip(), gpu=get("GPU").strip(), venv=ROOT / get("VENV", ".venv"),
                  docker=docker, compose=shlex.split(get("COMPOSE")) or docker + ["compose"],
                  tb_port=get("TB_PORT", "6006"), host_uid=get("HOST_UID", str(os.getuid())),
                  host_gid=get("HOST_GID", str(os.getgid())), torch_flavour=get("TORCH_FLAVOUR"),
                  local_wheels=flag("LOCAL_WHEELS", get("LOCAL_WHEELS")), base_image=get("BASE_IMAGE"),
-                 extra_ca=get("EXTRA_CA"), sweep=get("SWEEP").strip(), source=get("SOURCE"),
-                 format=get("FORMAT").strip())
+                 extra_ca=get("EXTRA_CA"), sweep=get("SWEEP").strip(), plan=flag("PLAN", get("PLAN")),
+                 source=get("SOURCE"), format=get("FORMAT").strip())
     if s.runner not in ("", "docker", "local"):
         raise RunError(f"RUNNER={s.runner} is not a runner; use RUNNER=docker or RUNNER=local "
                        "(or leave it out: docker when an engine answers)")
     if s.gpu:
         s.gpu = "1" if flag("GPU", s.gpu) else "0"
     return s
+
+
+def split_args(text: str) -> list:
+    """ARGS as the user means it: shell words, a list or mapping with spaces kept whole
+    (services/common/overrides.py)."""
+    try:
+        return overrides.split_args(text)
+    except overrides.OverrideError as e:
+        raise RunError(str(e))
 
 
 def shown(path: Path) -> str:
@@ -277,7 +289,8 @@ def compose_run(s: Settings, service: str, command: list, gpu: bool, log=None) -
     container, so run without --rm, read the exit code from the container itself, show its last
     log lines if it failed, then remove it."""
     name = f"{s.name}-{service}-{os.getpid()}"
-    env = {"PIPELINE_OFFLINE": "1" if s.offline else "0", "PIPELINE_HOST": socket.gethostname(), **git_state()}
+    env = {"PIPELINE_OFFLINE": "1" if s.offline else "0", "PIPELINE_HOST": socket.gethostname(),
+           "PIPELINE_CONTAINER": name, **git_state()}  # the lock names the container to stop
     if "CUDA_VISIBLE_DEVICES" in os.environ:  # a sweep's trial: the GPUs Ray gave it, of the ones mounted
         env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
     cmd = s.compose + compose_files(gpu) + ["run", "--name", name]
@@ -379,14 +392,83 @@ def target_train(s: Settings) -> int:
 
 
 def target_tensorboard(s: Settings) -> int:
+    port = check_tb_port(s.tb_port)
     runner, gpu = announce(s)
     if runner == "docker":
         ensure_image(s, "train")
-        return subprocess.run(s.compose + compose_files(gpu) + ["up", "tensorboard"], cwd=ROOT,
+        code = subprocess.run(s.compose + compose_files(gpu) + ["up", "tensorboard"], cwd=ROOT,
                               env=compose_env(s)).returncode
-    logdir = Path(os.environ.get("PIPELINE_ROOT", ROOT)) / "runs"
-    tb = ensure_env(s, "train") / "bin" / "tensorboard"
-    return subprocess.run([str(tb), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", s.tb_port]).returncode
+    else:
+        logdir = Path(os.environ.get("PIPELINE_ROOT", ROOT)) / "runs"
+        tb = ensure_env(s, "train") / "bin" / "tensorboard"
+        code = subprocess.run([str(tb), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)]).returncode
+    if code not in (0, 130) and port_taken(port):  # taken while it started: say so in our words too
+        raise RunError(tb_port_line(port))
+    return code
+
+
+def check_tb_port(value: str) -> int:
+    """TB_PORT is a port this user may open and nothing listens on yet: checked here, not left to
+    TensorBoard's (or Compose's) own lines and exit 255."""
+    if not value.strip().isdigit() or not 1 <= int(value) <= 65535:
+        raise RunError(f"TB_PORT={value} is not a port; use a number from 1024 to 65535, e.g. TB_PORT=6007")
+    port = int(value)
+    if port < 1024 and os.getuid() != 0:
+        raise RunError(f"TB_PORT={port} is a privileged port (below 1024) that only root may open; "
+                       f"use TB_PORT=6006 or another number from 1024 on")
+    if port_taken(port):
+        raise RunError(tb_port_line(port))
+    return port
+
+
+def port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as a server binds (TensorBoard does): only a listener counts, not connections closing
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def tb_port_line(port: int) -> str:
+    return (f"TB_PORT={port}: port {port} on 127.0.0.1 is already in use (another TensorBoard, or another "
+            f"program); stop that, or choose another port: make tensorboard TB_PORT={port + 1}")
+
+
+def target_docs(s: Settings) -> int:
+    """docs/ as a site in artifacts/docs/site/ (MkDocs Material from the tools lock, --strict), then
+    served on 127.0.0.1:DOCS_PORT. DOCS_SERVE=0 only builds: the site opens from the file as well."""
+    import functools
+    import http.server
+    port, serve = os.environ.get("DOCS_PORT") or "8000", flag("DOCS_SERVE", os.environ.get("DOCS_SERVE", "1"))
+    site = Path(os.environ.get("PIPELINE_ROOT", ROOT)) / "artifacts" / "docs" / "site"
+    server = None
+    if serve:  # the port is taken before the build, so a busy one is said at once and cannot be lost after
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+        try:
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", int(port)), handler)
+        except (ValueError, OverflowError):
+            raise RunError(f"DOCS_PORT={port} is not a port number; use e.g. DOCS_PORT=8001") from None
+        except OSError as e:
+            raise RunError(f"DOCS_PORT={port}: cannot serve on 127.0.0.1:{port} ({e.strerror}; another `make docs`?); "
+                           f"stop it, or choose another port: make docs DOCS_PORT={int(port) + 1}") from None
+    mkdocs = ensure_env(s, "tools") / "bin" / "mkdocs"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # Material's banner about its successor, on every build
+    code = subprocess.run([str(mkdocs), "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
+                           "--site-dir", str(site)], cwd=ROOT, env=env).returncode
+    if code != 0:
+        if server:
+            server.server_close()
+        raise RunError(f"mkdocs could not build docs/ (exit {code}); its message is above")
+    if not server:
+        say(f"docs: built {shown(site)}/index.html (DOCS_SERVE=0: not served; it opens from the file)")
+        return 0
+    say(f"docs: built {shown(site)}/; serving http://127.0.0.1:{port}/ (Ctrl-C stops it)")
+    with server:
+        server.serve_forever()
+    return 0
 
 
 def target_doctor(s: Settings) -> int:
@@ -445,10 +527,29 @@ def target_test(s: Settings, fast: bool = False) -> int:
         ensure_env(s, env)
     if not fast:
         test_deps(s)
+    code = lint(s)
+    if code:
+        return code
     python = s.venv / "train" / "bin" / "python"
     tier = ["-m", "not slow and not containers"] if fast else []
     env = {**os.environ, "PIPELINE_VENV": str(s.venv)}
-    return subprocess.run([str(python), "-m", "pytest", *tier, "--durations=12", "tests"], cwd=ROOT, env=env).returncode
+    if not fast:  # the whole suite: what it installs or builds must be there (tests/helpers.py require())
+        env["CI"] = "1"
+    # -rs: the reasons of the skips left (a GPU, ../shared, mounting), listed at the end
+    return subprocess.run([str(python), "-m", "pytest", *tier, "-rs", "--durations=12", "tests"], cwd=ROOT,
+                          env=env).returncode
+
+
+def lint(s: Settings) -> int:
+    """ruff, and the import contracts of pyproject.toml (the layers), from the tools environment."""
+    tools = s.venv / "tools" / "bin"
+    say("test: ruff check; lint-imports (the layers in pyproject.toml)")
+    code = subprocess.run([str(tools / "ruff"), "check", "--quiet", "."], cwd=ROOT).returncode
+    if code:
+        say("test: ruff found the problems above; `.venv/tools/bin/ruff check --fix .` mends many")
+        return code
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # it reads the packages from the checkout
+    return subprocess.run([str(tools / "lint-imports"), "--no-cache"], cwd=ROOT, env=env).returncode
 
 
 def target_sweep(s: Settings) -> int:
@@ -458,6 +559,10 @@ def target_sweep(s: Settings) -> int:
     if not s.sweep:
         raise RunError("make sweep needs SWEEP=<name> (configs/sweeps/<name>.yaml); known sweeps: "
                        f"{', '.join(known_sweeps()) or 'none'}")
+    if s.plan:  # reading the sweep needs the train environment alone; no runner, no Ray, no bytecode written
+        python = ensure_env(s, "train") / "bin" / "python"
+        return subprocess.run([str(python), "-m", "services.sweep", "--plan", f"configs/sweeps/{s.sweep}.yaml",
+                               *s.args], cwd=ROOT, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}).returncode
     runner, gpu = announce(s)
     for kind in ("train", "convert") if runner == "local" else ():
         ensure_env(s, kind)
@@ -514,8 +619,10 @@ Variables:
   OFFLINE=1     never touch the network: missing downloads are listed, not fetched
   FRESH=1       fit: start training anew instead of resuming (the old run is moved aside)
   SWEEP=<name>  make sweep / make report: configs/sweeps/<name>.yaml (RAY_ADDRESS: join a Ray cluster)
+  PLAN=1        make sweep: print every trial, its datasets, stages and training-time estimate; start nothing
   SOURCE=...    make predict: an image, a folder of images or a video; FORMAT=pt|onnx|rknn (default pt)
   VENV=<dir>    where the local environments live (default: .venv)
+  DOCS_PORT=... make docs: the port on 127.0.0.1 (default 8000); DOCS_SERVE=0 only builds
   Yes/no variables take 1/true/yes or 0/false/no.""")
     return 0
 
@@ -526,6 +633,7 @@ TARGETS = {
     "demo": lambda s: target_train(dataclasses.replace(s, exp="demo")),
     **{stage: (lambda s, stage=stage: target_stage(s, stage)) for stage in STAGES},
     "tensorboard": target_tensorboard,
+    "docs": target_docs,
     "sweep": target_sweep,
     "report": target_report,
     "predict": target_predict,

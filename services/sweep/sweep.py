@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from services.common import config, files, paths
+from services.common import config, files, lock, paths, space
 from services.common.log import UserError, info
 from services.run import runner
 
@@ -67,7 +67,7 @@ def load(path, extra=()) -> dict:
         with path.open() as f:  # a stream, so YAML's marks name the file
             sweep = yaml.load(f, Loader=_UniqueKeys) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); fix the file")
+        raise UserError(config.yaml_error_line(path, e)) from None
     where = str(path)
     if not isinstance(sweep, dict):
         raise UserError(f"{where} must be a mapping (base, seeds, variants, ...); fix the file")
@@ -81,12 +81,7 @@ def load(path, extra=()) -> dict:
     if not base or not (runner.ROOT / "configs" / f"{base}.yaml").is_file():
         raise UserError(f"{where}: base={base!r} is not an experiment; use one of: "
                         f"{', '.join(runner.known_experiments())}")
-    seeds = sweep.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds:
-        raise UserError(f"{where}: seeds must be a non-empty list of ints, e.g. seeds: [0, 1, 2]")
-    plain = all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
-    if not plain or len(set(seeds)) < len(seeds):
-        raise UserError(f"{where}: seeds={seeds} must be distinct ints >= 0, e.g. seeds: [0, 1, 2]")
+    seeds = _seeds(sweep.get("seeds", [0]), where)
     variants = sweep.get("variants") or {"base": []}
     if not isinstance(variants, dict):
         raise UserError(f"{where}: variants must be a mapping of name: [section.key=value, ...]")
@@ -119,6 +114,15 @@ def load(path, extra=()) -> dict:
     _check_datasets(trials, where)
     return {"sweep": name, "file": str(path), "base": base, "seeds": seeds, "variants": variants, "stages": stages,
             "cpus_per_trial": cpus, "trials_at_once": int(at_once), "trials": trials}
+
+
+def _seeds(seeds, where: str) -> list:
+    if not isinstance(seeds, list) or not seeds:
+        raise UserError(f"{where}: seeds must be a non-empty list of ints, e.g. seeds: [0, 1, 2]")
+    plain = all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    if not plain or len(set(seeds)) < len(seeds):
+        raise UserError(f"{where}: seeds={seeds} must be distinct ints >= 0, e.g. seeds: [0, 1, 2]")
+    return seeds
 
 
 def _override_list(value, where: str) -> list:
@@ -162,17 +166,33 @@ def finished(trial: dict, root: Path) -> bool:
 
 # ------------------------------------------------------------------------------------------ Ray
 def check_address(address: str) -> None:
-    """An unreachable cluster is one line at once, not Ray's minute of retries."""
+    """An unreachable cluster is one line at once, not Ray's minute of retries; an address that is
+    not host:port is told so, not taken for a cluster that is down."""
     if address in ("auto", "local"):
         return
-    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
-    host, _, port = hostport.rpartition(":")
+    host, port = split_address(address)
     try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+        with socket.create_connection((host, port), timeout=5):
             return
-    except (OSError, ValueError) as e:
+    except OSError as e:
         raise UserError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({e.__class__.__name__}: {e}); start "
                         f"it (`ray start --head` on the head node) or unset RAY_ADDRESS for a local instance")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """(host, port) of RAY_ADDRESS: host:port, or ray://host:port (Ray Client)."""
+    scheme = address.split("://", 1)[0] + "://" if "://" in address else ""
+    hostport = address.split("://", 1)[-1].split("/", 1)[0]
+    host, colon, port = hostport.rpartition(":")
+    example = f"{scheme}{(host if colon else hostport) or 'head'}:{10001 if scheme == 'ray://' else 6379}"
+    if not colon:
+        raise UserError(f"RAY_ADDRESS={address} has no port; give the head node as host:port, e.g. "
+                        f"RAY_ADDRESS={example} (the address `ray start --head` printed), or unset it for a local "
+                        f"instance")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UserError(f"RAY_ADDRESS={address}: '{port}' is not a port (1 to 65535); give the head node as "
+                        f"host:port, e.g. RAY_ADDRESS={example}")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def start_ray(address: str | None):
@@ -201,8 +221,7 @@ def run_trial(trial: dict, stages: list, env: dict, log: str, mark: str) -> dict
     """One trial on a Ray worker: the chain, its output in the trial's log. Ray sets
     CUDA_VISIBLE_DEVICES to the GPUs it gave this task, so train.device counts from 0 among them."""
     import ray
-    os.environ.update(env)
-    os.chdir(runner.ROOT)
+    os.environ.update(env)  # a Ray worker of its own: the stages it starts read these
     gpus = [str(g) for g in ray.get_gpu_ids()]
     overrides = list(trial["overrides"])
     if gpus:
@@ -273,6 +292,12 @@ def run(path, extra=(), root: Path = paths.ROOT) -> int:
     if address:
         check_address(address)
     out = paths.artifacts_dir(sweep["sweep"], root)
+    space.check_writable(STAGE, [out])
+    with lock.held(out, STAGE):  # a second driver of this sweep is refused; its trials lock their own
+        return _run_locked(sweep, address, out, root, tqdm)
+
+
+def _run_locked(sweep: dict, address: str | None, out: Path, root: Path, tqdm) -> int:
     todo = [t for t in sweep["trials"] if not finished(t, root)]
     for t in sweep["trials"]:
         t.update(status="skipped" if t not in todo else "queued", stage="", exit=0, seconds=0.0, gpus=[],
