@@ -268,7 +268,7 @@ def test_a_sweep_whose_trials_all_failed_is_one_line(tmp_path):
     (folder / "sweep.json").write_text(json.dumps({"sweep": "broken", "base": "demo", "seeds": [0],
                                                    "variants": {"a": []}, "trials": [trial]}))
     proc = run_module("report", ["--sweep", "broken"], tmp_path)
-    line = one_error(proc)
+    line = one_error(proc, "report")
     assert "sweep 'broken' has no evaluated trial" in line, line
     assert "a-s0 failed at stage 'fit'" in proc.stderr  # said before the error, as a warning
     assert not (folder / "report").exists()
