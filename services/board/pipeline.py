@@ -45,11 +45,7 @@ def preprocessor(size: tuple[int, int]):
     faster than one), then letterbox with the board's OpenCV into the uint8 RGB NHWC tensor the .rknn
     takes (it normalises inside); meta is what scale_boxes needs, as yolo_core.preprocess returns it."""
     def pre(frame: Frame) -> None:
-        t = time.perf_counter()
-        if isinstance(frame.image, Path):
-            frame.image = cv2.imread(str(frame.image))
-            frame.ms["read"] = (time.perf_counter() - t) * 1000
-            t = time.perf_counter()
+        t = read(frame)
         if frame.image is None:
             return
         padded, r, pad = core.letterbox(frame.image, size)
@@ -59,16 +55,22 @@ def preprocessor(size: tuple[int, int]):
     return pre
 
 
+def read(frame: Frame) -> float:
+    """A frame given as a path is read here, timed as `read`; returns when pre-processing starts."""
+    t = time.perf_counter()
+    if isinstance(frame.image, Path):
+        frame.image = cv2.imread(str(frame.image))
+        frame.ms["read"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+    return t
+
+
 def tiled_preprocessor(size: tuple[int, int], tiles: int, overlap: float):
     """--tiles: the frame cut into `tiles` overlapping tiles, each letterboxed as a whole frame would be
     (yolo_core.letterbox_tiles); the tensor holds them all, (tiles, h, w, 3) uint8 RGB, one per context
     of the TiledContext, and meta each tile's (scale_boxes meta, window origin)."""
     def pre(frame: Frame) -> None:
-        t = time.perf_counter()
-        if isinstance(frame.image, Path):
-            frame.image = cv2.imread(str(frame.image))
-            frame.ms["read"] = (time.perf_counter() - t) * 1000
-            t = time.perf_counter()
+        t = read(frame)
         if frame.image is None:
             return
         try:
