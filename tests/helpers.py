@@ -139,6 +139,16 @@ MAKE_FAILED = re.compile(r"^make(?:\[\d+\])?: \*\*\* \[[^\]]*\] Error (?P<code>\
 PROGRESS = re.compile(r"\d%\||\[\d+:\d\d(?:<|, )")
 
 
+def failure(proc: subprocess.CompletedProcess, tail: int = 3000) -> str:
+    """A failed command told for an assertion message: its error and traceback lines first (a log's
+    tail alone is often a build's pip output), then the tails of stdout and stderr."""
+    both = (proc.stdout or "") + "\n" + (proc.stderr or "")
+    telling = [line for line in re.split(r"[\r\n]", both)
+               if ERROR_LINE.match(line.strip()) or "Error" in line or "Traceback" in line or "error:" in line]
+    return (f"exit {proc.returncode}; the lines that say why:\n" + "\n".join(telling[-40:])
+            + f"\n--- stdout tail ---\n{(proc.stdout or '')[-tail:]}\n--- stderr tail ---\n{(proc.stderr or '')[-tail:]}")
+
+
 def stderr_lines(proc: subprocess.CompletedProcess) -> list[str]:
     """The lines stderr leaves on a terminal: split at newlines and carriage returns, without progress
     bars and the blanks that erase them."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import engine
-from tests.helpers import ROOT, make, needs_make_venv, phase_time, require, run_module
+from tests.helpers import ROOT, failure, make, needs_make_venv, phase_time, require, run_module
 
 # containers: the live engine tier; slow too (image builds and a real training in a container)
 pytestmark = [needs_make_venv, pytest.mark.containers, pytest.mark.slow]
@@ -77,13 +77,13 @@ def chain(containers, tmp_path_factory):
         if any(missing.values()):  # wheels only feed builds
             with phase_time("containers: make wheels (every locked package, for LOCAL_WHEELS=1)"):
                 p = make("wheels", root=root, timeout=1800)
-                assert p.returncode == 0, p.stderr[-2000:]
+                assert p.returncode == 0, failure(p)
         with phase_time("containers: first stage (dataset), building the train image if missing"):
             first = cmake(containers, "dataset", "EXP=demo", f"ARGS={CHAIN_ARGS}", "LOCAL_WHEELS=1", root=root)
-        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        assert first.returncode == 0, failure(first)
         with phase_time("containers: make train EXP=demo (fit, export, evaluate, convert; convert image if missing)"):
             proc = cmake(containers, "train", "EXP=demo", f"ARGS={CHAIN_ARGS}", "LOCAL_WHEELS=1", root=root)
-        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+        assert proc.returncode == 0, failure(proc)
     finally:
         for f in set(wheels.iterdir()) - had:  # only what this test fetched: 6 GB the images now hold
             f.unlink()
