@@ -176,3 +176,23 @@ def test_settings_the_toolkit_cannot_combine_are_refused_before_any_work(demo_ru
     line = one_error(proc)
     assert "calibration list" in line and "drop convert.calibration or use convert.dtype=int8" in line
     assert not list((root / "artifacts").rglob("*.rknn"))
+
+
+def test_a_toolkit_failure_is_told_by_its_error_not_by_the_word_traceback():
+    """rknn-toolkit2 sometimes raises with a whole traceback as its message: the stage's line names the
+    error at its end, never "Traceback (most recent call last):"."""
+    from services.common.log import UserError
+    from services.common.toolkit import Toolkit
+
+    def wrapped():
+        raise RuntimeError('Traceback (most recent call last):\n  File "rknn/api.py", line 9, in build\n'
+                           'ValueError: the calibration image has 4 channels\n')
+
+    def plain():
+        raise ValueError("the input shape is wrong\nmore detail")
+
+    for fn, want in ((wrapped, "(RuntimeError: ValueError: the calibration image has 4 channels)"),
+                     (plain, "(ValueError: the input shape is wrong)"), (lambda: -1, "(-1)")):
+        with pytest.raises(UserError) as caught:
+            Toolkit(None).call("build", fn)
+        assert str(caught.value) == f"rknn-toolkit2 build failed {want}; its last log lines are above"

@@ -179,10 +179,6 @@ def test_offline_pretrained_weights_not_on_disk_are_one_line_saying_where_to_put
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="PROMISE FALSE: with OFFLINE=1 (PIPELINE_OFFLINE=1) the fit stage still "
-                   "asks ultralytics to download missing weights (services/fit/fit.py model_and_args allows "
-                   "downloads whenever the weights are not on disk; download_model ignores PIPELINE_OFFLINE): it "
-                   "resolves one.one.one.one, dns.google and github.com")
 def test_offline_means_no_network_attempt_for_missing_weights(offline_fit):
     """README.md and docs/thesis/data.md: OFFLINE=1 (any stage: PIPELINE_OFFLINE=1) never touches the
     network. tests/netguard logs every attempt, and proves it ran in the stage."""

@@ -5,17 +5,11 @@ evaluation of the shared demo run, built again with another setting each."""
 import json
 import shutil
 
-import pytest
-
 from tests.helpers import ROOT, copy_dataset, run_module
 
 DEMO = str(ROOT / "configs" / "demo.yaml")
 
 
-@pytest.mark.xfail(strict=True, reason="PROMISE FALSE: export and evaluate (and convert) write their outputs with "
-                   "files.atomic_path / atomic_write_json over the old ones (services/export/export.py, "
-                   "services/evaluate/evaluate.py, services/convert/convert.py): an ONNX, a metrics file or an .rknn "
-                   "built from other settings replaces the old one, which is lost, and no line names the key")
 def test_outputs_built_from_other_settings_are_moved_aside_naming_the_key(demo_run, tmp_path):
     root = copy_dataset(demo_run[0], tmp_path / "root")
     shutil.copytree(demo_run[0] / "artifacts" / "demo", root / "artifacts" / "demo")

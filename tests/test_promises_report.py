@@ -28,7 +28,7 @@ def alter(path: Path, change) -> None:
 
 
 # Each setting docs/thesis/report.md says is compared ("compared: evaluate.imgsz as the evaluator used it,
-# conf, iou, max_det, sets, the evaluator's version and the ground truth's checksum"): how one run gets
+# conf, iou, max_det, sets, tiles and tile_overlap, the evaluator's version and the ground truth's checksum"): how one run gets
 # another value of it, the name the line gives it, and the two values as the line shows them.
 SETTINGS = {
     "imgsz": (lambda m: m["settings"].update(imgsz_hw=[288, 288]), "evaluate.imgsz", "[256, 256]", "[288, 288]"),
@@ -37,6 +37,7 @@ SETTINGS = {
     "max_det": (lambda m: m["settings"].update(max_det=100), "evaluate.max_det", "300", "100"),
     "sets": (lambda m: m["sets"].update(coco_person=m["sets"]["val"]), "evaluate.sets", "['val']",
              "['coco_person', 'val']"),
+    "tiles": (lambda m: m["settings"].update(tiles=3, tile_overlap=0.1), "evaluate.tiles", "1", "3"),
     "evaluator": (lambda m: m["fingerprint"].update(evaluator_version=2), "the evaluator's version", "1", "2"),
     "ground truth": (lambda m: m["fingerprint"].update(ground_truth_sha256={"val": ["0" * 64]}),
                      "the ground truth (dataset)", "{'val': [", "{'val': ['000000"),
@@ -161,3 +162,17 @@ def test_a_figure_without_data_is_left_out_and_the_notes_say_so_as_the_missing_b
     assert note in md and "](figures/training.png)" not in md
     board = md.split("## Board measurements\n", 1)[1].split("\n## ", 1)[0]
     assert "No board report: every latency here is the evaluator's on x86" in board
+
+
+def test_a_sliced_evaluation_is_labelled_with_its_tiles(tmp_path):
+    """docs/thesis/report.md: a model evaluated with evaluate.tiles > 1 shows as `<format>, N tiles`."""
+    from tests.test_report import md_rows
+    root = without_failed_trials(write_synthetic_sweep(tmp_path, SWEEP))
+    for exp in (FIRST, ODD):
+        alter(metrics_file(root, exp, "rknn"), lambda m: m["settings"].update(tiles=3, tile_overlap=0.1))
+    proc = run_module("report", ["--sweep", SWEEP], root, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shown = md_rows((root / "artifacts" / SWEEP / "report" / "report.md").read_text(), "Metrics on val")
+    labels = {(r["variant"], r["format"]) for r in shown}
+    assert ("a", "rknn, 3 tiles") in labels and ("a", "rknn") not in labels
+    assert ("b", "rknn") in labels and ("a", "onnx") in labels

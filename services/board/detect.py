@@ -30,6 +30,7 @@ In a bundle this module is runtime/detect.py, and the detect.py at the bundle's 
 the bundle's folder; elsewhere, main(folder) runs on the bundle in `folder`.
 """
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -229,6 +230,15 @@ def finish(args: argparse.Namespace, bundle: Bundle, run: Run, outcome: Outcome)
     return 130 if outcome.interrupted else 0
 
 
+def sha256(path: Path) -> str:
+    """The model file's checksum: the report on the PC matches it against the bundle's record."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def board_report(args: argparse.Namespace, bundle: Bundle, run: Run, outcome: Outcome) -> dict:
     """board_report.json: latencies and throughput, with what the report on the PC needs to say what
     ran where (backend, runtime, cores, model, source, board, bundle, versions)."""
@@ -240,7 +250,8 @@ def board_report(args: argparse.Namespace, bundle: Bundle, run: Run, outcome: Ou
     return {
         "schema": 1, "backend": args.backend, "runtime": outcome.runtime, "cores": cores, "contexts": len(cores),
         "tiles": args.tiles, "tile_overlap": args.tile_overlap,
-        "model": run.model.name, "source": str(args.source), "source_kind": run.kind, "frames": len(done),
+        "model": run.model.name, "model_sha256": sha256(run.model), "source": str(args.source),
+        "source_kind": run.kind, "frames": len(done),
         "interrupted": outcome.interrupted, "conf": args.conf, "iou": args.iou, "max_det": args.max_det,
         "latency_ms": {k: stats([f.ms[k] for f in done]) for k in STAGE_NAMES},
         "throughput_fps": throughput([f.done for f in done], outcome.started, outcome.finished, len(run.contexts)),

@@ -7,6 +7,12 @@ from pathlib import Path
 ROOT = Path(os.environ.get("PIPELINE_ROOT", Path(__file__).resolve().parents[2])).resolve()
 
 
+def offline() -> bool:
+    """OFFLINE=1 (Make passes it to every stage as PIPELINE_OFFLINE=1): no stage touches the network,
+    neither for a dataset nor for weights; what is missing is named with where to put it."""
+    return os.environ.get("PIPELINE_OFFLINE", "0") == "1"
+
+
 def dataset_dir(name: str, root: Path = ROOT) -> Path:
     return Path(root) / "datasets" / name
 

@@ -84,13 +84,15 @@ def calibration_images(cfg: dict, root: Path) -> list[Path]:
 
 def letterboxed_copies(images: list[Path], size, cache: Path, tiles: int = 1, overlap: float = 0.0) -> list[Path]:
     """The images pre-processed exactly as at inference (letterboxed to the input size), cached by
-    size, so the quantizer sees what the NPU will see. With tiles (evaluate.tiles) the NPU sees tiles:
-    each image gives one of its tiles, the k-th image its (k mod tiles)-th, so every position is seen
-    for the cost of one input per image."""
+    size and by the source's sha256 (a changed picture under the same name is letterboxed anew), so the
+    quantizer sees what the NPU will see. With tiles (evaluate.tiles) the NPU sees tiles: each image
+    gives one of its tiles, the k-th image its (k mod tiles)-th, so every position is seen for the cost
+    of one input per image."""
     cache.mkdir(parents=True, exist_ok=True)
     out = []
     for k, p in enumerate(images):
-        target = cache / (p.stem + (f".tile{k % tiles}" if tiles > 1 else "") + ".png")
+        source = files.sha256_file(p)[:12]
+        target = cache / (f"{p.stem}.{source}" + (f".tile{k % tiles}" if tiles > 1 else "") + ".png")
         if not target.is_file():
             image = cv2.imread(str(p))
             try:
@@ -157,7 +159,7 @@ class Toolkit:
             with self.output():
                 ret = fn(*args, **kwargs)
         except Exception as e:
-            ret = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            ret = reason(e)
         if ret != 0:
             self.fail(what, ret)
         return ret
@@ -242,6 +244,15 @@ class Toolkit:
         with self.output():
             rknn.inference(inputs=[np.zeros((1, *size, 3), np.uint8)], data_format="nhwc")
         return backends.RknnSimBackend(rknn, size, layout)
+
+
+def reason(e: Exception) -> str:
+    """An exception from the toolkit in a few words: its message's first line, or, when the toolkit
+    wrapped a whole traceback into the message, that traceback's last line (the error itself)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Traceback"):
+        lines = lines[-1:]
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
 def build_settings(c: dict) -> dict:

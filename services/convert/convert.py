@@ -101,7 +101,7 @@ def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
     fp = fingerprint(cfg, exp.rknn_head_onnx, images, root)
     old = uptodate.check(STAGE, exp.manifest_of(target), fp, root, force,
                          f"{paths.rel(target, root)} is up to date (inputs, settings and toolkit unchanged); "
-                         f"FORCE=1 rebuilds it")
+                         f"FORCE=1 rebuilds it", self_kept=(exp.board,))
     if old:
         return old
     started, t0 = manifest.now(), time.perf_counter()

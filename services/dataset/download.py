@@ -50,9 +50,7 @@ class Source:
         return f"{self.what} ({self.file}{f', {_size(self.size)}' if self.size else ''})"
 
 
-def offline() -> bool:
-    """Make passes OFFLINE=1 to every stage as PIPELINE_OFFLINE=1."""
-    return os.environ.get("PIPELINE_OFFLINE", "0") == "1"
+offline = paths.offline
 
 
 def give_up(problems: list[str]) -> None:

@@ -144,7 +144,8 @@ def evaluate_one(cfg: dict, fmt: str, weights: Path, root: Path, force: bool = F
     fingerprint = evaluation_fingerprint(e, size, weights, sets)
     old = uptodate.check(STAGE, exp.metrics_of(fmt), fingerprint, root, force,
                          f"{paths.rel(exp.metrics_of(fmt), root)} is up to date (same model, sets and "
-                         f"settings); FORCE=1 evaluates again")
+                         f"settings); FORCE=1 evaluates again",
+                         aside=backend is None)  # the convert stage's evaluation: its outputs, set aside by it
     if old:
         return old
     backend = backend or backend_for(fmt, weights, e["max_det"])

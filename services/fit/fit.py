@@ -50,6 +50,10 @@ def download_model(spec: str, root: Path) -> str:
     """Let ultralytics fetch a stock checkpoint (yolo11n.pt) into datasets/weights/; offline, say
     where to put the file instead."""
     target = root / "datasets" / "weights" / spec
+    if paths.offline():
+        raise UserError(f"train.model={spec} is not on disk and OFFLINE=1 forbids the download; on a connected "
+                        f"machine it is fetched into {paths.rel(target, root)}, or copy it there, or set "
+                        f"train.model=PATH")
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         from ultralytics.utils.downloads import attempt_download_asset
@@ -276,7 +280,7 @@ def model_and_args(t: dict, yolo: Path, name: str, run_dir: Path, root: Path) ->
     from services.common import yolo_env
     model_src = local_model(t["model"], root)
     # Offline unless weights must be fetched: with YOLO_OFFLINE ultralytics does not even probe DNS.
-    yolo_env.prepare(root, allow_downloads=model_src is None)
+    yolo_env.prepare(root, allow_downloads=model_src is None and not paths.offline())
     model_src = model_src or download_model(t["model"], root)
     check_checkpoint(model_src)
     device = check_device(t)

@@ -188,9 +188,16 @@ def check_same_model(path: Path, report: dict, bundle: dict, exp: Experiment, ro
     be shown beside this model's accuracy. The line names both models."""
     ran = report["bundle"] or {}
     ours = bundle.get("onnx") if report["backend"] == "onnx" else bundle["model"]
-    if all(ran.get(k) == bundle.get(k) for k in MODEL_KEYS) and report["model"] == ours:
-        return
     sha = (bundle.get("files") or {}).get(ours) or "not recorded"
+    measured = report.get("model_sha256")  # schema 1 reports from before it: the bundle's identity alone
+    same_bytes = measured is None or sha == "not recorded" or measured == sha
+    same_bundle = all(ran.get(k) == bundle.get(k) for k in MODEL_KEYS) and report["model"] == ours
+    if same_bundle and same_bytes:
+        return
+    if same_bundle or ran.get("experiment") == exp.name and not same_bytes:  # the bytes say it best
+        raise UserError(f"{paths.rel(path, root)} measured another model: {report['model']} with sha256 "
+                        f"{measured[:16]}, not {exp.name}'s {ours} (sha256 {sha[:16]}, "
+                        f"{paths.rel(exp.bundle_manifest, root)}); measure again with that bundle, or remove the file")
     raise UserError(f"{paths.rel(path, root)} measured another model: {report['model']} of experiment "
                     f"'{ran.get('experiment')}' (bundle built {ran.get('built')}), not {exp.name}'s {ours} "
                     f"(sha256 {sha[:16]}, bundle built {bundle['built']}, {paths.rel(exp.bundle_manifest, root)}); "
@@ -235,6 +242,8 @@ def evaluation_settings(m: dict) -> dict:
     s, fp = m["settings"], m.get("fingerprint", {})
     return {"evaluate.imgsz": s["imgsz_hw"], "evaluate.conf": s["conf"], "evaluate.iou": s["iou"],
             "evaluate.max_det": s["max_det"], "evaluate.sets": sorted(m["sets"]),
+            "evaluate.tiles": s.get("tiles", 1), "evaluate.tile_overlap": s.get("tile_overlap") if s.get("tiles", 1) > 1
+            else None,  # metrics from before sliced inference ran the whole frame
             "the evaluator's version": fp.get("evaluator_version"),
             "the ground truth (dataset)": fp.get("ground_truth_sha256")}
 

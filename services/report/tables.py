@@ -87,7 +87,9 @@ def metric_rows(runs: list[Run], variants: dict, sets: list[str]) -> list[dict]:
 
 
 def metric_row(have: list[Run], variant: str, fmt: str, s: str) -> dict:
-    row = {"set": s, "variant": variant, "format": fmt, "n": len(have), "runs": [r.experiment for r in have]}
+    settings = have[0].metrics[fmt]["settings"]  # the variant's runs agree on them (runs.check_settings)
+    row = {"set": s, "variant": variant, "format": fmt, "n": len(have), "runs": [r.experiment for r in have],
+           "tiles": settings.get("tiles", 1), "input_pixels_per_frame": settings.get("input_pixels_per_frame")}
     for key, _, get, _ in COLUMNS:
         row[key] = stat([get(r.metrics[fmt], s) for r in have])
     curves = [r.pr[(fmt, s)] for r in have if (fmt, s) in r.pr]
@@ -207,9 +209,14 @@ def runs_table(runs: list[Run]) -> tuple[list[str], list[list]]:
 
 def metrics_table(rows: list[dict], s: str, tex: bool = False) -> tuple[list[str], list[list]]:
     headers = ["variant", "format", "n"] + [h for _, h, _, _ in COLUMNS]
-    body = [[r["variant"], r["format"], r["n"]] + [cell(r[k], d, tex=tex) for k, _, _, d in COLUMNS]
+    body = [[r["variant"], format_label(r), r["n"]] + [cell(r[k], d, tex=tex) for k, _, _, d in COLUMNS]
             for r in rows if r["set"] == s]
     return headers, body
+
+
+def format_label(row: dict) -> str:
+    """The format, and the tiles when the frame was sliced (evaluate.tiles > 1): `rknn, 3 tiles`."""
+    return row["format"] + (f", {row['tiles']} tiles" if row.get("tiles", 1) > 1 else "")
 
 
 def steps_table(steps: list[dict], s: str, tex: bool = False) -> tuple[list[str], list[list]]:
