@@ -176,3 +176,13 @@ def test_a_sliced_evaluation_is_labelled_with_its_tiles(tmp_path):
     labels = {(r["variant"], r["format"]) for r in shown}
     assert ("a", "rknn, 3 tiles") in labels and ("a", "rknn") not in labels
     assert ("b", "rknn") in labels and ("a", "onnx") in labels
+
+
+def test_a_sweep_record_whose_variants_do_not_match_its_trials_is_one_line(tmp_path):
+    """An edited or mixed sweep.json (its trials of variants it does not list): one line, not a traceback."""
+    root = write_synthetic_sweep(tmp_path, SWEEP)
+    alter(root / "artifacts" / SWEEP / "sweep.json", lambda s: s.update(variants={"c": ["x=3"]}))
+    line = one_error(run_module("report", ["--sweep", SWEEP], root, timeout=300), who="report")
+    assert "sweep.json (the sweep's record) cannot be read" in line, line
+    assert "variant(s) a, b, which its variants (c) do not list" in line and "make sweep SWEEP=syn" in line, line
+    assert not (root / "artifacts" / SWEEP / "report").exists()

@@ -136,8 +136,6 @@ def evaluate_one(cfg: dict, fmt: str, weights: Path, root: Path, force: bool = F
     input size the model was built for."""
     e, exp = cfg["evaluate"], Experiment.of(cfg, root)
     size = size or decode.input_size(e["imgsz"] or cfg["export"]["imgsz"] or cfg["train"]["imgsz"])
-    if size[0] % 32 or size[1] % 32:
-        raise UserError(f"evaluate.imgsz={list(size)}: height and width must be multiples of 32 (the stride)")
     sets = evaluation_sets(cfg, root)
     if not weights.is_file() and backend is None:
         backend_for(fmt, weights)  # says what to run first

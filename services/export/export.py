@@ -187,8 +187,6 @@ def _iou(a, b) -> float:
 def run(cfg: dict, root: Path = paths.ROOT, force: bool = False) -> dict:
     e, x, exp = cfg["evaluate"], cfg["export"], Experiment.of(cfg, root)
     size = decode.input_size(x["imgsz"] or cfg["train"]["imgsz"])
-    if size[0] % 32 or size[1] % 32:
-        raise UserError(f"export.imgsz={list(size)}: height and width must be multiples of 32 (the stride)")
     targets = {"onnx": exp.onnx, "onnx-rknn-head": exp.rknn_head_onnx}
     fingerprint = {"export": x, "imgsz_hw": list(size),
                    "weights_sha256": files.sha256_file(exp.best) if exp.best.is_file() else None}

@@ -89,6 +89,10 @@ def read_sweep(name: str, root: Path) -> tuple[Path, dict, list[dict]]:
         trials = [dict(t) for t in sweep["trials"]]
         if any(k not in t for t in trials for k in ("trial", "experiment", "variant", "status")):
             raise ValueError("a trial lacks trial, experiment, variant or status")
+        unlisted = sorted({t["variant"] for t in trials} - set(variants))
+        if unlisted:  # the record was edited, or half of two sweeps: nothing to group those trials under
+            raise ValueError(f"its trials are of variant(s) {', '.join(unlisted)}, which its variants "
+                             f"({', '.join(variants) or 'none'}) do not list")
     return sweep_file, variants, trials
 
 
@@ -100,7 +104,7 @@ def trial_run(t: dict, root: Path) -> tuple[Run | None, str]:
     run = Run(trial=t["trial"], experiment=t["experiment"], variant=t["variant"], seed=t.get("seed"))
     run.metrics = load_metrics(t["experiment"], root)
     if not run.metrics:
-        folder = paths.rel(paths.artifacts_dir(t["experiment"], root) / "metrics", root)
+        folder = paths.rel(Experiment(t["experiment"], root).metrics, root)
         return None, (f"trial {t['trial']} is {t['status']} but {folder}/ holds no metrics (the sweep has no "
                       f"evaluate stage, or they were removed)")
     return run, ""
@@ -110,7 +114,7 @@ def trial_run(t: dict, root: Path) -> tuple[Run | None, str]:
 def load_metrics(experiment: str, root: Path) -> dict:
     """format -> metrics json, for every format the experiment was evaluated in, in chain order."""
     out = {}
-    folder = paths.artifacts_dir(experiment, root) / "metrics"
+    folder = Experiment(experiment, root).metrics
     for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         if p.stem in FORMAT_ORDER:  # a damaged one must not silently drop out of the averages
             with reading(p, "a model's metrics", f"`make {'convert' if p.stem == 'rknn' else 'evaluate'} FORCE=1` "
@@ -127,7 +131,7 @@ def load_metrics(experiment: str, root: Path) -> dict:
 
 
 def metrics_files(run: Run, root: Path) -> list[Path]:
-    return [paths.artifacts_dir(run.experiment, root) / "metrics" / f"{f}.json" for f in run.metrics]
+    return [Experiment(run.experiment, root).metrics_of(f) for f in run.metrics]
 
 
 def coco_truth(m: dict, set_name: str, root: Path) -> Path:
