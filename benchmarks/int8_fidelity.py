@@ -55,6 +55,17 @@ SUITE_BOUND = {"AP50 ratio": 0.97, "MR-2 gap pt": 3.0}  # what tests/test_conver
 
 
 # ------------------------------------------------------------------------------------- running stages
+def make(target: str, root: Path, args: list[str], exp: str = "proxy") -> None:
+    """`make <target> EXP=<exp> ARGS=...` natively in `root`, its output appended to <root>/<target>.log."""
+    env = {**os.environ, "PIPELINE_ROOT": str(root), "RUNNER": "local", "VENV": str(VENV)}
+    cmd = ["make", "--no-print-directory", target, f"EXP={exp}", f"ARGS={' '.join(args)}"]
+    log = root / f"{target}.log"
+    with log.open("a") as f:
+        code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    if code:
+        sys.exit(f"{' '.join(cmd)} failed (exit {code}) on {root}; see {log}")
+
+
 def stage(python: Path, module: str, root: Path, exp: str, overrides: list[str], log: Path) -> float:
     env = {**{k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}, "PIPELINE_ROOT": str(root)}
     cmd = [str(python), "-m", f"services.{module}", "--config", str(ROOT / "configs" / f"{exp}.yaml"), "--force",

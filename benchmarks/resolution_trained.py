@@ -15,7 +15,6 @@ GPU run of configs/proxy.yaml; what it compares is the two sizes under the same 
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,16 +24,6 @@ import int8_fidelity as fid  # noqa: E402
 
 # train size -> the deployed input [h, w] at the training scale
 SIZES = {640: "640", 1280: "[640,1280]"}
-
-
-def make(target: str, root: Path, args: list[str], exp: str = "proxy") -> None:
-    env = {**os.environ, "PIPELINE_ROOT": str(root), "RUNNER": "local", "VENV": str(fid.VENV)}
-    cmd = ["make", "--no-print-directory", target, f"EXP={exp}", f"ARGS={' '.join(args)}"]
-    log = root / f"{target}.log"
-    with log.open("a") as f:
-        code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-    if code:
-        sys.exit(f"{' '.join(cmd)} failed (exit {code}) on {root}; see {log}")
 
 
 def main() -> int:
@@ -53,7 +42,7 @@ def main() -> int:
         if not weights.is_file():
             demo.mkdir(exist_ok=True)
             print("training the demo (the starting weights) ...", flush=True)
-            make("demo", demo, [], exp="demo")
+            fid.make("demo", demo, [], exp="demo")
     data = ["dataset.proxy_train_images=%d" % a.train_images, "dataset.proxy_val_images=100",
             "dataset.calib_images=100", f"dataset.proxy_annotations={a.annotations}"]
     training = ["train.device=cpu", "train.extra={}", "train.workers=0", "train.batch=8", f"train.epochs={a.epochs}",
@@ -68,8 +57,8 @@ def main() -> int:
             if first is not None and not (root / "datasets").exists():  # the same frames, hard-linked
                 shutil.copytree(first / "datasets", root / "datasets", copy_function=os.link)
             print(f"proxy: dataset and fine-tuning at imgsz {size} ...", flush=True)
-            make("dataset", root, data + training + [f"train.imgsz={size}"])
-            make("fit", root, data + training + [f"train.imgsz={size}"])
+            fid.make("dataset", root, data + training + [f"train.imgsz={size}"])
+            fid.make("fit", root, data + training + [f"train.imgsz={size}"])
         first = first or root
         overrides = data + training + [f"train.imgsz={size}", f"export.imgsz={deployed}", f"evaluate.imgsz={deployed}"]
         label = f"trained at {size}, deployed at {deployed}"

@@ -30,9 +30,7 @@ three cores instead of one, must buy something on the headline metric). Exit 1 w
 """
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -49,16 +47,6 @@ SETUPS = {"letterbox 640x1280": ([640, 1280], 1), "2 tiles 832x896": ([832, 896]
 MR_SETUPS = {"Reasonable": "MR-2 Reasonable", "Reasonable_small": "MR-2 small (50-75 px)",
              "Reasonable_occ=heavy": "MR-2 heavy occl.", "All": "MR-2 All (>= 20 px)"}
 BAR_PT = 1.0
-
-
-def make(target: str, root: Path, args: list[str], exp: str) -> None:
-    env = {**os.environ, "PIPELINE_ROOT": str(root), "RUNNER": "local", "VENV": str(fid.VENV)}
-    cmd = ["make", "--no-print-directory", target, f"EXP={exp}", f"ARGS={' '.join(args)}"]
-    log = root / f"{target}.log"
-    with log.open("a") as f:
-        code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-    if code:
-        sys.exit(f"{' '.join(cmd)} failed (exit {code}) on {root}; see {log}")
 
 
 def proxy_overrides(a: argparse.Namespace, weights: Path) -> list[str]:
@@ -78,14 +66,14 @@ def trained_proxy(a: argparse.Namespace) -> tuple[Path, list[str]]:
         if not weights.is_file():
             (a.work / "demo").mkdir(parents=True, exist_ok=True)
             print("training the demo (the starting weights) ...", flush=True)
-            make("demo", a.work / "demo", [], "demo")
+            fid.make("demo", a.work / "demo", [], "demo")
     root = a.work / "proxy"
     overrides = proxy_overrides(a, weights)
     if not (root / "artifacts/proxy/weights/best.pt").is_file():
         root.mkdir(parents=True, exist_ok=True)
         print(f"proxy: dataset and {a.epochs} epochs of fine-tuning at imgsz 1280 on the CPU ...", flush=True)
-        make("dataset", root, overrides, "proxy")
-        make("fit", root, overrides, "proxy")
+        fid.make("dataset", root, overrides, "proxy")
+        fid.make("fit", root, overrides, "proxy")
     return root, overrides
 
 
