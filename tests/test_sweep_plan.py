@@ -84,3 +84,17 @@ def test_make_sweep_plan_of_an_unknown_sweep_is_one_line(tmp_path):
                                       "configs/sweeps/<name>.yaml (SWEEP=<name>), known: demo-sweep, proxy-study, "
                                       "thesis"), proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+@needs_make_venv
+def test_trials_narrows_the_sweep_and_an_unknown_trial_is_one_line(tmp_path):
+    proc = make("sweep", "SWEEP=thesis", "PLAN=1", "TRIALS=yolo26n-640-s2,yolo11n-640-s0", root=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trials = re.findall(r"^  (yolo(?:11|26)n-640(?:x1280)?-s[012]) ", proc.stdout, re.M)
+    assert trials == ["yolo11n-640-s0", "yolo26n-640-s2"], proc.stdout  # in the file's order
+    assert "2 trials of 12 (TRIALS=) = 4 variants x 3 seeds" in proc.stdout
+    line = one_error(make("sweep", "SWEEP=thesis", "PLAN=1", "TRIALS=yolo11n-640-s0,yolo11n-s9", root=tmp_path,
+                          timeout=300), who="sweep")
+    assert line.startswith("sweep: error: TRIALS: yolo11n-s9 is not a trial of configs/sweeps/thesis.yaml; its "
+                           "trials are yolo11n-640-s0, yolo11n-640-s1"), line
+    assert not any(tmp_path.iterdir())

@@ -67,6 +67,7 @@ class Settings:
     experiment: str = ""      # the folders' name when not the config's (a sweep's trials)
     sweep: str = ""           # make sweep / make report: configs/sweeps/<sweep>.yaml
     plan: bool = False        # make sweep: print the trials and a training-time estimate, start nothing
+    trials: str = ""          # make sweep: only these trials (<variant>-s<seed>, comma-separated)
     source: str = ""          # make predict: an image, a folder or a video
     format: str = ""          # make predict: pt, onnx or rknn
 
@@ -91,6 +92,7 @@ def settings(env=None) -> Settings:
                  host_gid=get("HOST_GID", str(os.getgid())), torch_flavour=get("TORCH_FLAVOUR"),
                  local_wheels=flag("LOCAL_WHEELS", get("LOCAL_WHEELS")), base_image=get("BASE_IMAGE"),
                  extra_ca=get("EXTRA_CA"), sweep=get("SWEEP").strip(), plan=flag("PLAN", get("PLAN")),
+                 trials=get("TRIALS").strip(),
                  source=get("SOURCE"), format=get("FORMAT").strip())
     if s.runner not in ("", "docker", "local"):
         raise RunError(f"RUNNER={s.runner} is not a runner; use RUNNER=docker or RUNNER=local "
@@ -559,16 +561,17 @@ def target_sweep(s: Settings) -> int:
     if not s.sweep:
         raise RunError("make sweep needs SWEEP=<name> (configs/sweeps/<name>.yaml); known sweeps: "
                        f"{', '.join(known_sweeps()) or 'none'}")
+    only = ["--trials", s.trials] if s.trials else []
     if s.plan:  # reading the sweep needs the train environment alone; no runner, no Ray, no bytecode written
         python = ensure_env(s, "train") / "bin" / "python"
-        return subprocess.run([str(python), "-m", "services.sweep", "--plan", f"configs/sweeps/{s.sweep}.yaml",
+        return subprocess.run([str(python), "-m", "services.sweep", "--plan", *only, f"configs/sweeps/{s.sweep}.yaml",
                                *s.args], cwd=ROOT, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}).returncode
     runner, gpu = announce(s)
     for kind in ("train", "convert") if runner == "local" else ():
         ensure_env(s, kind)
     python = ensure_env(s, "train") / "bin" / "python"
     env = {**os.environ, "RUNNER": runner, "GPU": "1" if gpu else "0"}
-    return subprocess.run([str(python), "-m", "services.sweep", f"configs/sweeps/{s.sweep}.yaml", *s.args],
+    return subprocess.run([str(python), "-m", "services.sweep", *only, f"configs/sweeps/{s.sweep}.yaml", *s.args],
                           cwd=ROOT, env=env).returncode
 
 
@@ -620,6 +623,7 @@ Variables:
   FRESH=1       fit: start training anew instead of resuming (the old run is moved aside)
   SWEEP=<name>  make sweep / make report: configs/sweeps/<name>.yaml (RAY_ADDRESS: join a Ray cluster)
   PLAN=1        make sweep: print every trial, its datasets, stages and training-time estimate; start nothing
+  TRIALS=...    make sweep: only these trials, e.g. TRIALS=yolo11n-640-s0,yolo11n-640-s1 (every trial is still checked)
   SOURCE=...    make predict: an image, a folder of images or a video; FORMAT=pt|onnx|rknn (default pt)
   VENV=<dir>    where the local environments live (default: .venv)
   DOCS_PORT=... make docs: the port on 127.0.0.1 (default 8000); DOCS_SERVE=0 only builds

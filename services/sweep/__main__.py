@@ -20,6 +20,8 @@ if __name__ == "__main__":
     p.add_argument("file", help="configs/sweeps/<name>.yaml")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="for every trial, after the file's")
     p.add_argument("--plan", action="store_true", help="print the trials and a training-time estimate; start nothing")
+    p.add_argument("--trials", default="", help="only these trials, <variant>-s<seed>, comma-separated (Make: TRIALS=)")
     a = p.parse_args()
     with user_errors(sweep.STAGE):
-        sys.exit((plan.run if a.plan else sweep.run)(a.file, a.overrides))
+        only = [t.strip() for t in a.trials.split(",") if t.strip()]
+        sys.exit((plan.run if a.plan else sweep.run)(a.file, a.overrides, only=only))

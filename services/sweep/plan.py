@@ -30,9 +30,9 @@ CPU_ESTIMATE = {"images_per_s": 0.47, "imgsz": 1280,
                           "docs/measurements.md), not a record"}
 
 
-def run(path, extra=(), root: Path = paths.ROOT) -> int:
+def run(path, extra=(), root: Path = paths.ROOT, only=()) -> int:
     """Print the plan of the sweep file `path`; bad input is sweep.load's one line, as for a run."""
-    plan = sweep.load(path, extra)
+    plan = sweep.load(path, extra, only)
     gpu = gpu_speed()
     rows = [trial_row(t, gpu, root) for t in plan["trials"]]
     print_plan(plan, rows, gpu, root)
@@ -146,7 +146,9 @@ def datasets(plan: dict, root: Path) -> list[str]:
 def print_plan(plan: dict, rows: list, gpu: dict | None, root: Path) -> None:
     trials = plan["trials"]
     dtype = trials[0]["cfg"]["convert"]["dtype"].upper() if "convert" in plan["stages"] else ""
-    print(f"sweep {plan['sweep']} ({plan['file']}): {len(trials)} trials = {len(plan['variants'])} variants x "
+    whole = len(plan["variants"]) * len(plan["seeds"])
+    count = f"{len(trials)} trials" + (f" of {whole} (TRIALS=)" if len(trials) < whole else "")
+    print(f"sweep {plan['sweep']} ({plan['file']}): {count} = {len(plan['variants'])} variants x "
           f"{len(plan['seeds'])} seeds {plan['seeds']}, base configs/{plan['base']}.yaml")
     print(f"stages, every trial: {' -> '.join(plan['stages'])}{f' ({dtype})' if dtype else ''}")
     print("datasets, each built once before the first trial:")

@@ -55,7 +55,7 @@ def _mapping(loader, node, deep=False):
 _UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
-def load(path, extra=()) -> dict:
+def load(path, extra=(), only=()) -> dict:
     """The sweep file (plus `extra` overrides for every trial: Make's ARGS), checked, with every
     trial's configuration loaded and validated: a wrong key or
     value in any trial stops the sweep before the first trial starts."""
@@ -112,6 +112,12 @@ def load(path, extra=()) -> dict:
                            "overrides": args, "gpus_wanted": gpus_wanted(cfg["train"]["device"]),
                            "digest": digest(cfg, stages), "cfg": cfg})
     _check_datasets(trials, where)
+    if only:  # TRIALS=: every trial was checked above; these alone run
+        unknown = [t for t in only if t not in {x["trial"] for x in trials}]
+        if unknown:
+            raise UserError(f"TRIALS: {', '.join(unknown)} is not a trial of {where}; its trials are "
+                            f"{', '.join(t['trial'] for t in trials)}")
+        trials = [t for t in trials if t["trial"] in only]
     return {"sweep": name, "file": str(path), "base": base, "seeds": seeds, "variants": variants, "stages": stages,
             "cpus_per_trial": cpus, "trials_at_once": int(at_once), "trials": trials}
 
@@ -282,10 +288,10 @@ def prepare_datasets(sweep: dict, root: Path, out: Path) -> None:
                             f"line: {tail[-1] if tail else '?'} (whole log: {paths.rel(log_path, root)})")
 
 
-def run(path, extra=(), root: Path = paths.ROOT) -> int:
+def run(path, extra=(), root: Path = paths.ROOT, only=()) -> int:
     """The sweep: validate everything, skip what is done, run the rest on Ray, one table at the end."""
     from tqdm import tqdm
-    sweep = load(path, extra)
+    sweep = load(path, extra, only)
     if not os.environ.get("RUNNER"):  # decided once here, not probed by every trial
         os.environ["RUNNER"] = runner.choose_runner(runner.settings())[0]
     address = os.environ.get("RAY_ADDRESS", "").strip() or None
