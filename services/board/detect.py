@@ -34,7 +34,9 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,17 +178,35 @@ def detect_frames(args: argparse.Namespace, bundle: Bundle, run: Run) -> Outcome
         pre = preprocessor(bundle.size)
         post = postprocessor(bundle.layout, bundle.size, args.conf, args.iou, args.max_det)
     started = time.perf_counter()
+    writing = {"now": False, "stop": False}
+
+    def on_ctrl_c(signum, stack):  # a frame whose line is out is written whole and counted, then we stop
+        if writing["now"]:
+            writing["stop"] = True
+        else:
+            raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()  # only there can Python take a signal
+    previous = signal.signal(signal.SIGINT, on_ctrl_c) if main else None
     try:
         for frame in pipeline(run.frames, run.contexts, pre, post):
             if frame.boxes is None:
                 print(f"{frame.name}: unreadable, skipped", file=sys.stderr)
                 continue
-            results += write_frame(frame, args, run.ids, bundle.manifest["category_ids"])
-            done.append(frame)
+            writing["now"] = True
+            try:
+                results += write_frame(frame, args, run.ids, bundle.manifest["category_ids"])
+                done.append(frame)
+            finally:
+                writing["now"] = False
+            if writing["stop"]:
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         interrupted = True
         print(f"interrupted after {len(done)} frame(s)", file=sys.stderr)
     finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
         finished = time.perf_counter()
         runtime = run.contexts[0].runtime
         for ctx in run.contexts:
