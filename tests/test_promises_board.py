@@ -16,8 +16,8 @@ from tests.helpers import one_error
 from tests.test_board_runtime import SIZE, street_images, tiny_onnx
 
 # What docs/board.md ("What it measures") says board_report.json holds, under the names detect.py writes.
-REPORT_KEYS = {"schema", "backend", "runtime", "cores", "contexts", "tiles", "tile_overlap", "model", "source",
-               "source_kind", "frames", "interrupted", "conf", "iou", "max_det", "latency_ms", "throughput_fps",
+REPORT_KEYS = {"schema", "backend", "runtime", "cores", "contexts", "tiles", "tile_overlap", "model", "model_sha256",
+               "source", "source_kind", "frames", "interrupted", "conf", "iou", "max_det", "latency_ms", "throughput_fps",
                "wall_s", "frames_per_core", "npu_ms_per_core", "platform", "bundle", "versions", "written"}
 STAGES = {"read", "pre", "npu", "post", "write", "end_to_end"}
 
@@ -58,6 +58,7 @@ def test_board_report_has_schema_1_every_documented_field_and_the_runtime_versio
     assert report["cores"] == [0, 1, 2] and report["contexts"] == 3 and report["frames"] == 4
     assert report["model"] == "tiny.rknn-head.onnx" and report["source"] == str(images)
     bundle = json.loads((board / "bundle.json").read_text())  # --iou, --max-det, --tiles: the bundle's by default
+    assert report["model_sha256"] == bundle["files"]["tiny.rknn-head.onnx"]  # the bytes that ran
     assert (report["iou"], report["max_det"], report["tiles"], report["tile_overlap"]) == (
         bundle["iou"], bundle["max_det"], bundle["tiles"], bundle["tile_overlap"])
     assert report["interrupted"] is False and set(report["latency_ms"]) == STAGES
