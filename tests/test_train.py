@@ -137,8 +137,13 @@ def dashboard_text(chromium: str, url: str, profile: Path, budget_ms: int) -> st
 
 
 # ------------------------------------------------------------------------------ their own runs
+# What these tests check (seeds, resuming, moving aside, retrying) does not need the demo's accuracy:
+# a smaller input and a third of the images make each epoch a few seconds, not twenty.
+SMALL = ("train.imgsz=128", "train.extra={scale: 0.3, close_mosaic: 4, fraction: 0.33}")
+
+
 def short(root: Path, *extra, epochs=2, env=None):
-    return run_module("fit", ["--config", DEMO, f"train.epochs={epochs}", *extra], root, env=env)
+    return run_module("fit", ["--config", DEMO, f"train.epochs={epochs}", *SMALL, *extra], root, env=env)
 
 
 def test_same_seed_gives_identical_metrics_without_touching_the_network(demo_run, tmp_path):
@@ -177,7 +182,7 @@ def test_an_unreadable_checkpoint_is_moved_aside_and_training_starts_anew(demo_r
 def test_killed_training_resumes_without_duplicate_epochs(demo_run, tmp_path):
     root = copy_dataset(demo_run[0], tmp_path)
     last = root / "runs" / "demo" / "train" / "weights" / "last.pt"
-    proc = subprocess.Popen([sys.executable, "-m", "services.fit", "--config", DEMO, "train.epochs=3"],
+    proc = subprocess.Popen([sys.executable, "-m", "services.fit", "--config", DEMO, "train.epochs=3", *SMALL],
                             cwd=ROOT, env=stage_env(root), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
@@ -201,7 +206,7 @@ def test_killed_training_resumes_without_duplicate_epochs(demo_run, tmp_path):
     again = short(root, epochs=3)
     assert again.returncode == 0 and "finished and up to date" in again.stdout
 
-    fresh = run_module("fit", ["--config", DEMO, "train.epochs=1", "--fresh"], root)
+    fresh = run_module("fit", ["--config", DEMO, "train.epochs=1", *SMALL, "--fresh"], root)
     assert fresh.returncode == 0 and "moved the previous run aside" in fresh.stdout
     aside = [p for p in (root / "runs" / "demo").iterdir() if p.name.startswith("train.old-")]
     assert len(aside) == 1 and len((aside[0] / "results.csv").read_text().splitlines()) == 4
@@ -221,7 +226,7 @@ def test_out_of_memory_is_retried_with_half_the_batch(demo_run, tmp_path):
             raised.append(trainer.batch_size)
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
 
-    cfg = config.load(DEMO, ["train.epochs=1", "train.batch=8"])
+    cfg = config.load(DEMO, ["train.epochs=1", "train.batch=8", *SMALL])
     m = fit.run(cfg, root=root, callbacks=[("on_train_batch_start", oom_once)])
     attempts = m["batch"]["attempts"]
     assert raised == [8]
@@ -232,7 +237,7 @@ def test_out_of_memory_is_retried_with_half_the_batch(demo_run, tmp_path):
     # the floor: no retry below train.min_batch, and one line saying what to do
     from services.common.log import UserError
     raised.clear()
-    cfg = config.load(DEMO, ["train.epochs=1", "train.batch=8", "train.min_batch=8"])
+    cfg = config.load(DEMO, ["train.epochs=1", "train.batch=8", "train.min_batch=8", *SMALL])
     with pytest.raises(UserError, match=r"out of memory even at batch=8 \(floor train.min_batch=8\)"):
         fit.run(cfg, root=root, fresh=True, callbacks=[("on_train_batch_start", oom_once)])
 
