@@ -98,6 +98,12 @@ class Experiment:
     def toolkit_work(self) -> Path:
         return self.artifacts / "rknn"
 
+    def calibration_copies(self, size: tuple[int, int], tiles: int = 1, overlap: float = 0.0) -> Path:
+        """The calibration images letterboxed to one input size (and tiling), cached for the next build;
+        <this>.txt beside it is the list the toolkit reads."""
+        name = f"calib-{size[0]}x{size[1]}" + (f"-tiles{tiles}-overlap{overlap:g}" if tiles > 1 else "")
+        return self.toolkit_work / name
+
     @property
     def board(self) -> Path:
         return self.artifacts / "board"

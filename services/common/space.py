@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import files, paths
+from .layout import Experiment
 from .log import UserError
 
 MB = 1 << 20
@@ -184,13 +185,10 @@ def fit_need(cfg: dict, root: Path) -> tuple[Path, int, str]:
 
 def export_need(cfg: dict, root: Path) -> tuple[Path, int, str]:
     """Two ONNX models, each about twice best.pt (fp32 weights where the checkpoint keeps fp16)."""
-    exp = cfg["experiment"]
-    models = paths.artifacts_dir(exp, root) / "models"
-    best = paths.artifacts_dir(exp, root) / "weights" / "best.pt"
-    one = 2 * best.stat().st_size + MB if best.is_file() else 0
-    outputs = [models / f"{exp}.onnx", models / f"{exp}.rknn-head.onnx"]
-    size = sum(one for p in outputs if not p.is_file()) or one
-    return models, size, f"two ONNX models of about {human(one)} each"
+    exp = Experiment.of(cfg, root)
+    one = 2 * exp.best.stat().st_size + MB if exp.best.is_file() else 0
+    size = sum(one for p in (exp.onnx, exp.rknn_head_onnx) if not p.is_file()) or one
+    return exp.models, size, f"two ONNX models of about {human(one)} each"
 
 
 def evaluate_need(cfg: dict, root: Path) -> tuple[Path, int, str]:
@@ -204,17 +202,15 @@ def evaluate_need(cfg: dict, root: Path) -> tuple[Path, int, str]:
 def convert_need(cfg: dict, root: Path) -> tuple[Path, int, str]:
     """The .rknn model (at most the RKNN-head ONNX's size), the letterboxed calibration images
     (cached by size) and the quantization analysis' per-layer dumps (removed after, but written)."""
-    exp, c = cfg["experiment"], cfg["convert"]
-    art = paths.artifacts_dir(exp, root)
-    onnx = art / "models" / f"{exp}.rknn-head.onnx"
+    exp, c = Experiment.of(cfg, root), cfg["convert"]
+    art, onnx, built = exp.artifacts, exp.rknn_head_onnx, exp.rknn(c)
     imgsz = cfg["export"]["imgsz"] or cfg["train"]["imgsz"]
     h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
     size = onnx.stat().st_size if onnx.is_file() else 0
-    built = art / "models" / f"{exp}_{c['dtype']}_{c['platform']}.rknn"
     if built.is_file():  # most likely up to date; a rebuild replaces it (and meets a full disk in our words)
         return art, built.stat().st_size + MB, "the RKNN model, replaced"
     if c["dtype"] == "int8":
-        if not (art / "rknn" / f"calib-{h}x{w}").is_dir():
+        if not exp.calibration_copies((h, w)).is_dir():
             size += cfg["dataset"]["calib_images"] * h * w * 3 // 2
         size += int(c["analysis_images"] * 300 * MB * h * w / (640 * 640))
     return art, size + MB, "the RKNN model, calibration images and the quantization analysis"

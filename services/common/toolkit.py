@@ -106,13 +106,12 @@ def letterboxed_copies(images: list[Path], size, cache: Path, tiles: int = 1, ov
     return out
 
 
-def calibration_listing(images: list, size: tuple[int, int], work: Path, tiles: int = 1,
+def calibration_listing(images: list, size: tuple[int, int], copies: Path, tiles: int = 1,
                         overlap: float = 0.0) -> Path:
-    """The calibration images letterboxed to the model's input (cached by size and tiling under
-    `work`) and the list the toolkit reads."""
-    name = f"calib-{size[0]}x{size[1]}" + (f"-tiles{tiles}-overlap{overlap:g}" if tiles > 1 else "")
-    calib = letterboxed_copies(images, size, work / name, tiles, overlap)
-    listing = work / f"{name}.txt"
+    """The calibration images letterboxed to the model's input into `copies` (the layout's
+    calibration_copies: cached by size and tiling) and the list the toolkit reads, beside it."""
+    calib = letterboxed_copies(images, size, copies, tiles, overlap)
+    listing = copies.with_name(f"{copies.name}.txt")
     files.atomic_write_text(listing, "".join(f"{p.resolve()}\n" for p in calib))
     return listing
 

@@ -96,6 +96,20 @@ def load(path, extra=(), only=()) -> dict:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise UserError(f"{where}: {key}={value!r} must be a number >= 0")
 
+    trials = _trials(name, base, variants, seeds, common, stages, where)
+    _check_datasets(trials, where)
+    if only:  # TRIALS=: every trial was checked above; these alone run
+        unknown = [t for t in only if t not in {x["trial"] for x in trials}]
+        if unknown:
+            raise UserError(f"TRIALS: {', '.join(unknown)} is not a trial of {where}; its trials are "
+                            f"{', '.join(t['trial'] for t in trials)}")
+        trials = [t for t in trials if t["trial"] in only]
+    return {"sweep": name, "file": str(path), "base": base, "seeds": seeds, "variants": variants, "stages": stages,
+            "cpus_per_trial": cpus, "trials_at_once": int(at_once), "trials": trials}
+
+
+def _trials(name: str, base: str, variants: dict, seeds: list, common: list, stages: list, where: str) -> list:
+    """One trial per (variant, seed), each with its configuration loaded and checked."""
     trials = []
     for variant, overrides in variants.items():
         if not isinstance(variant, str) or not config.NAME_RE.match(variant):
@@ -111,15 +125,7 @@ def load(path, extra=(), only=()) -> dict:
             trials.append({"trial": f"{variant}-s{seed}", "experiment": experiment, "variant": variant, "seed": seed,
                            "overrides": args, "gpus_wanted": gpus_wanted(cfg["train"]["device"]),
                            "digest": digest(cfg, stages), "cfg": cfg})
-    _check_datasets(trials, where)
-    if only:  # TRIALS=: every trial was checked above; these alone run
-        unknown = [t for t in only if t not in {x["trial"] for x in trials}]
-        if unknown:
-            raise UserError(f"TRIALS: {', '.join(unknown)} is not a trial of {where}; its trials are "
-                            f"{', '.join(t['trial'] for t in trials)}")
-        trials = [t for t in trials if t["trial"] in only]
-    return {"sweep": name, "file": str(path), "base": base, "seeds": seeds, "variants": variants, "stages": stages,
-            "cpus_per_trial": cpus, "trials_at_once": int(at_once), "trials": trials}
+    return trials
 
 
 def _seeds(seeds, where: str) -> list:
