@@ -533,7 +533,11 @@ def target_test(s: Settings, fast: bool = False) -> int:
     if code:
         return code
     python = s.venv / "train" / "bin" / "python"
-    tier = ["-m", "not slow and not containers"] if fast else []
+    # The fast tier is many short tests, most of their time a subprocess starting: one worker per core
+    # (at most 4) halves it. The whole suite stays in one process: its session fixtures (the demo
+    # training, the sweep) would run once per worker.
+    workers = str(min(os.cpu_count() or 1, 4))
+    tier = ["-m", "not slow and not containers", "-n", workers] if fast else []
     env = {**os.environ, "PIPELINE_VENV": str(s.venv)}
     if not fast:  # the whole suite: what it installs or builds must be there (tests/helpers.py require())
         env["CI"] = "1"
