@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers import NetGuard, ROOT, copy_dataset, one_error, require, run_module, stage_env
 
@@ -138,8 +139,10 @@ def dashboard_text(chromium: str, url: str, profile: Path, budget_ms: int) -> st
 
 # ------------------------------------------------------------------------------ their own runs
 # What these tests check (seeds, resuming, moving aside, retrying) does not need the demo's accuracy:
-# a smaller input and a third of the images make each epoch a few seconds, not twenty.
-SMALL = ("train.imgsz=128", "train.extra={scale: 0.3, close_mosaic: 4, fraction: 0.33}")
+# a smaller input and a third of the images make each epoch a few seconds, not twenty. train.extra is
+# replaced whole by an override, so the demo's own extra settings are read, not copied.
+_DEMO_EXTRA = yaml.safe_load(Path(DEMO).read_text())["train"]["extra"]
+SMALL = ("train.imgsz=128", "train.extra=" + json.dumps({**_DEMO_EXTRA, "fraction": 0.33}))
 
 
 def short(root: Path, *extra, epochs=2, env=None):
