@@ -1,24 +1,70 @@
 """Fixtures and pytest hooks. Stages run against scratch project roots (PIPELINE_ROOT), never the
 user's datasets/, artifacts/ or runs/. The helpers they use are in tests/helpers.py."""
 import io
+import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import (CONVERT_PY, PhaseTimer, ROOT, SHARED_CITYPERSONS, SWEEP_TRIALS, SweepRun, TRAIN_VENV_INSTALLED, _kill_one_training, _pids_with, copy_dataset, demo_root, error_lines, make, make_real_root, needs_convert_env, needs_make_venv, needs_real_citypersons, one_error, phase_time, pipeline_venv, require, run_module, stage_env)  # noqa: F401
+from services.common import files
+from tests.helpers import (CONVERT_PY, PhaseTimer, ROOT, SHARED_CITYPERSONS, SWEEP_TRIALS, SweepRun, TRAIN_VENV_INSTALLED, _kill_one_training, _pids_with, copy_dataset, demo_root, error_lines, failure, make, make_real_root, needs_convert_env, needs_make_venv, needs_real_citypersons, one_error, phase_time, pipeline_venv, require, run_module, stage_env)  # noqa: F401
+
+
+# Tests that share the demo training (directly or through the sweep that starts from its weights) are
+# one group under `make test`, so that one worker runs `make demo` once and the tests that read it
+# never run beside a test that changes it (some rerun stages in its root); every other file is a
+# group of its own (its module fixtures then run once). The groups are handed to the workers in this
+# order, the longest first, so that the containers, the other trainings and the sweeps run beside the
+# demo training instead of after it.
+DEMO_TRAINING = {"demo_run", "demo_sweep"}
+FIRST = ("demo-training", "test_containers.py", "test_proxy_study.py", "test_yolo26.py", "test_train.py",
+         "test_sweep.py", "test_gpu_benchmarks.py")
+
+
+def pytest_configure(config):
+    """The controller's scratch folder, which its pytest-xdist workers inherit: the groups they
+    collected (for the scheduler below) and the phases they timed (for the summary)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["PIPELINE_TEST_SHARED"] = tempfile.mkdtemp(prefix="pipeline-tests-")
 
 
 def pytest_collection_modifyitems(items):
-    """Every test that needs the shared demo training (the `demo_run` fixture, directly or through
-    another fixture) is marked `slow`, so `pytest -m "not slow and not containers"` is the quick tier.
-    The live container tests run last, so the demo training the other tests share gets the machine
-    before ~14 GB of image builds have gone through it."""
+    """Every test that needs the demo's dataset or training is marked `slow`, so `pytest -m "not slow
+    and not containers"` is the quick tier. Each test's group is written down for the scheduler."""
+    groups = {}
     for item in items:
-        if {"demo_run", "demo_sweep"} & set(getattr(item, "fixturenames", ())):
+        names = set(getattr(item, "fixturenames", ()))
+        if names & (DEMO_TRAINING | {"demo_dataset"}):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: item.path.name == "test_containers.py")
+        groups[item.nodeid] = "demo-training" if names & DEMO_TRAINING else item.path.name
+    rank = {group: i for i, group in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(groups[item.nodeid], len(FIRST)))
+    shared = Path(os.environ["PIPELINE_TEST_SHARED"])
+    files.atomic_write_json(shared / "groups.json", groups)  # every worker collects the same
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadscope` with the groups above as its scopes (pytest-xdist's own xdist_group marks are
+    lost under pytest 9, whose node ids are no longer strings it can extend)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Groups(LoadScopeScheduling):
+        groups: dict = {}
+
+        def _split_scope(self, nodeid: str) -> str:
+            if not self.groups:  # read once the workers have collected: scheduling starts after that
+                self.groups = json.loads((Path(os.environ["PIPELINE_TEST_SHARED"]) / "groups.json").read_text())
+            return self.groups[nodeid]
+
+    return Groups(config, log)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -30,12 +76,15 @@ def pytest_runtest_setup(item):
 
 
 def pytest_terminal_summary(terminalreporter):
-    if phase_time.times or phase_time.notes:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    shared = Path(os.environ["PIPELINE_TEST_SHARED"])
+    records = PhaseTimer.read(shared / "phases.jsonl")
+    shutil.rmtree(shared, ignore_errors=True)
+    if records:
         terminalreporter.section("phase timings")
-        for what, seconds in phase_time.times:
-            terminalreporter.write_line(f"{seconds:8.1f} s  {what}")
-        for note in phase_time.notes:
-            terminalreporter.write_line(note)
+        for r in records:
+            terminalreporter.write_line(f"{r['seconds']:8.1f} s  {r['phase']}" if "phase" in r else r["note"])
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +97,18 @@ def demo_run(tmp_path_factory):
     proc = make("demo", root=root, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root, proc
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory) -> Path:
+    """`make dataset EXP=demo` on a fresh project root: the demo's dataset alone, for the tests that
+    train or convert a model of their own on it (they need not wait for the demo training)."""
+    require(TRAIN_VENV_INSTALLED, f"{Path(sys.prefix) / '.installed'}: the demo chain runs in the .venv/train "
+                                  f"that `make test` builds")
+    root = tmp_path_factory.mktemp("demo-dataset")
+    proc = make("dataset", "EXP=demo", root=root, timeout=1200)
+    assert proc.returncode == 0, failure(proc)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 errors. Fixtures and pytest hooks live in conftest.py."""
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -95,10 +96,16 @@ def make(*args, root: Path, timeout=1800, env=None) -> subprocess.CompletedProce
 
 class PhaseTimer:
     """`with phase_time("what"):` records how long a phase took; the session prints them all at the
-    end (the live container test's phases: image builds, the chain, ...)."""
+    end (the live container test's phases: image builds, the chain, ...). The records go to a file
+    in PIPELINE_TEST_SHARED (conftest.py sets it), so that phases timed in a pytest-xdist worker
+    reach the summary the controller prints."""
 
-    def __init__(self):
-        self.times, self.notes = [], []
+    @staticmethod
+    def _write(record: dict) -> None:
+        shared = os.environ.get("PIPELINE_TEST_SHARED")
+        if shared:
+            with open(Path(shared) / "phases.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     @contextlib.contextmanager
     def __call__(self, what: str):
@@ -106,7 +113,14 @@ class PhaseTimer:
         try:
             yield
         finally:
-            self.times.append((what, time.perf_counter() - t0))
+            self._write({"phase": what, "seconds": time.perf_counter() - t0})
+
+    def note(self, text: str) -> None:
+        self._write({"note": text})
+
+    @staticmethod
+    def read(path: Path) -> list:
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
 phase_time = PhaseTimer()

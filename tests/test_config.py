@@ -94,3 +94,14 @@ def test_an_experiment_name_names_the_folders_and_must_be_plain():
     assert config.load(ROOT / "configs" / "demo.yaml")["experiment"] == "demo"
     with pytest.raises(UserError, match=r"experiment name a/b must be a plain folder name"):
         config.load(ROOT / "configs" / "demo.yaml", [], "a/b")
+
+
+@pytest.mark.parametrize("empty", ["dataset.proxy_annotations=", "dataset.proxy_annotations=null",
+                                   "dataset.proxy_annotations=' '"])
+def test_a_proxy_without_its_annotation_folder_is_refused_at_load(empty):
+    """The proxy draws its boxes from the real annotation files: an empty folder setting is refused
+    when the experiment loads, naming the key and the files it must hold."""
+    with pytest.raises(UserError) as e:
+        config.load(ROOT / "configs" / "proxy.yaml", [empty])
+    assert str(e.value) == ("dataset.proxy_annotations is empty; set it to the folder holding the real "
+                            "anno_train.mat and anno_val.mat (default: datasets/citypersons/raw)")

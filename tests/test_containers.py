@@ -233,4 +233,4 @@ def test_image_sizes_script(containers, chain):
     print(proc.stdout)
     for tag in chain["tags"].values():
         assert tag in proc.stdout
-    phase_time.notes.append(proc.stdout.strip())
+    phase_time.note(proc.stdout.strip())

@@ -162,8 +162,8 @@ def test_board_script_refuses_a_layout_it_does_not_know(demo_run, tmp_path):
 
 
 @needs_convert_env
-def test_settings_the_toolkit_cannot_combine_are_refused_before_any_work(demo_run, tmp_path):
-    root = copy_dataset(demo_run[0], tmp_path)
+def test_settings_the_toolkit_cannot_combine_are_refused_before_any_work(demo_dataset, tmp_path):
+    root = copy_dataset(demo_dataset, tmp_path)
     proc = subprocess.run([str(CONVERT_PY), "-m", "services.convert", "--config", DEMO, "convert.dtype=fp16",
                            "convert.hybrid=scores"], cwd=ROOT, env=stage_env(root), capture_output=True, text=True,
                           timeout=600)
@@ -176,6 +176,37 @@ def test_settings_the_toolkit_cannot_combine_are_refused_before_any_work(demo_ru
     line = one_error(proc)
     assert "calibration list" in line and "drop convert.calibration or use convert.dtype=int8" in line
     assert not list((root / "artifacts").rglob("*.rknn"))
+
+
+def constant_onnx(path: Path, output_shape: list, size=(256, 256)) -> Path:
+    """A real ONNX model (opset 12, static 1x3xHxW input) whose one output has `output_shape`: what
+    ultralytics' standard head ([1, 4 + classes, anchors]) or end2end head ([1, 300, 6]) gives."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    value = numpy_helper.from_array(np.zeros(output_shape, np.float32), "value")
+    graph = helper.make_graph([helper.make_node("Constant", [], ["output0"], value=value)], "head",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, *size])],
+                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, output_shape)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)]), str(path))
+    return path
+
+
+@needs_convert_env
+@pytest.mark.parametrize("shape, expected", [
+    ([1, 5, 1344], "has the standard head (one output of boxes and scores), which INT8 turns into all-zero "
+                   "scores; export the RKNN head (`make export FORCE=1`)"),
+    ([1, 300, 6], "has ultralytics' end2end output (top-k inside, ONNX TopK, which rknn-toolkit2 does not run); "
+                  "export the RKNN head with export.rknn_head=one2one")])
+def test_an_onnx_the_toolkit_cannot_quantize_is_refused_before_any_work(tmp_path, shape, expected):
+    """docs/troubleshooting.md: convert refuses the standard head (INT8 would give all-zero scores)
+    and the end2end head (TopK), naming the fix, before the toolkit is loaded."""
+    constant_onnx(tmp_path / "artifacts/demo/models/demo.rknn-head.onnx", shape)
+    proc = subprocess.run([str(CONVERT_PY), "-m", "services.convert", "--config", DEMO], cwd=ROOT,
+                          env=stage_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert one_error(proc, "convert") == f"convert: error: artifacts/demo/models/demo.rknn-head.onnx {expected}"
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
+        "artifacts/demo/models/demo.rknn-head.onnx"]  # nothing written
 
 
 def test_a_toolkit_failure_is_told_by_its_error_not_by_the_word_traceback():

@@ -203,8 +203,8 @@ def test_empty_detection_set_gives_zero_ap_and_a_warning(tmp_path, demo_raw):
     assert json.loads((root / val["detections_file"]).read_text()) == []
 
 
-def test_stage_bad_input(demo_run, tmp_path):
-    root = copy_dataset(demo_run[0], tmp_path)
+def test_stage_bad_input(demo_dataset, tmp_path):
+    root = copy_dataset(demo_dataset, tmp_path)
     line = one_error(run_module("evaluate", ["--config", DEMO], root), "evaluate")
     assert "run `make fit` first" in line
     (root / "artifacts/demo/weights").mkdir(parents=True)

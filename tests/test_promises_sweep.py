@@ -1,5 +1,5 @@
 """Sweeps on a local Ray instance (docs/thesis/sweeps.md), with no training of their own: a trial
-wanting more GPUs than the cluster has is one line and exit 2 with no trial started; the table that
+wanting more GPUs or CPUs than the cluster has is one line and exit 2 with no trial started; the table that
 ends a sweep (each trial's status, a failed one's stage, exit code and log, a finished one's AP50 and
 MR-2, then the failed trial's last log lines and the counts), and a rerun that skips a finished trial
 but runs it again once its configuration changed. The trials evaluate the shared demo run's model
@@ -18,24 +18,44 @@ def sweep(root: Path, path: Path, *extra, timeout=900):
                       env={"RUNNER": "local", "VENV": str(pipeline_venv()), "RAY_ADDRESS": ""})
 
 
+def sweep_refusal(proc) -> str:
+    """The sweep's one line, once Ray's own notice when it starts a local instance (a library's line,
+    not the sweep's; at most one) is set aside."""
+    notice = "Token authentication is enabled for this Ray cluster."
+    ray_lines = [line for line in proc.stderr.splitlines() if line.startswith(notice)]
+    assert len(ray_lines) <= 1
+    proc.stderr = "".join(line for line in proc.stderr.splitlines(True) if not line.startswith(notice))
+    return one_error(proc, who="sweep")
+
+
+def assert_nothing_started(root: Path, name: str) -> None:
+    assert not (root / "artifacts" / f"{name}-a-s0").exists() and not (root / "runs").exists()
+    assert not (root / "artifacts" / name / "logs").exists()  # no trial's log: none started
+    record = json.loads((root / "artifacts" / name / "sweep.json").read_text())
+    assert [t["status"] for t in record["trials"]] == ["queued"]
+
+
 @pytest.mark.slow  # a local Ray instance: about a minute
 def test_a_trial_wanting_more_gpus_than_the_cluster_has_is_one_line_and_starts_nothing(tmp_path):
     path = tmp_path / "greedy.yaml"
     devices = ",".join(str(i) for i in range(64))  # more GPUs than any machine here has
     path.write_text(f"base: demo\nseeds: [0]\nstages: [fit]\nvariants:\n  a:\n    - train.device={devices}\n")
-    proc = sweep(tmp_path, path)
-    # Ray's own notice when it starts a local instance comes first (a library's line, not the sweep's)
-    notice = "Token authentication is enabled for this Ray cluster."
-    ray_lines = [line for line in proc.stderr.splitlines() if line.startswith(notice)]
-    assert len(ray_lines) <= 1
-    proc.stderr = "".join(line for line in proc.stderr.splitlines(True) if not line.startswith(notice))
-    line = one_error(proc, who="sweep")
+    line = sweep_refusal(sweep(tmp_path, path))
     assert re.fullmatch(r"sweep: error: a trial's train\.device needs 64 GPU\(s\), but the Ray cluster has \d+; "
                         r"use train\.device=cpu, or a machine or cluster with GPUs", line), line
-    assert not (tmp_path / "artifacts" / "greedy-a-s0").exists() and not (tmp_path / "runs").exists()
-    assert not (tmp_path / "artifacts" / "greedy" / "logs").exists()  # no trial's log: none started
-    record = json.loads((tmp_path / "artifacts" / "greedy" / "sweep.json").read_text())
-    assert [t["status"] for t in record["trials"]] == ["queued"]
+    assert_nothing_started(tmp_path, "greedy")
+
+
+@pytest.mark.slow  # a local Ray instance: about half a minute
+def test_a_trial_wanting_more_cpus_than_the_cluster_has_is_one_line_and_starts_nothing(tmp_path):
+    """docs/thesis/sweeps.md: each trial asks Ray for `cpus_per_trial` CPUs; more than the cluster has
+    would wait forever, so it is refused before any trial starts."""
+    path = tmp_path / "hungry.yaml"
+    path.write_text("base: demo\nseeds: [0]\nstages: [fit]\ncpus_per_trial: 4096\nvariants:\n  a: []\n")
+    line = sweep_refusal(sweep(tmp_path, path))
+    assert re.fullmatch(r"sweep: error: cpus_per_trial=4096 but the Ray cluster has \d+ CPUs; lower cpus_per_trial",
+                        line), line
+    assert_nothing_started(tmp_path, "hungry")
 
 
 def table_of(stdout: str, name: str) -> list[str]:

@@ -1,11 +1,16 @@
 """Sweeps on Ray (services/sweep/): the sweep file's checks, GPUs handed out by Ray, and the demo sweep
 itself: every trial a whole chain in its own folders, a failed trial that does not stop the others,
 and a rerun that skips what is done and resumes what was killed."""
+import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -61,18 +66,41 @@ def test_gpus_follow_train_device():
 
 @pytest.fixture
 def ray_cluster_with_two_gpus(tmp_path):
-    """A real Ray cluster (`ray start --head`) told it has 2 GPUs: no GPU needed, Ray hands them out."""
+    """A real Ray cluster (`ray start --head`) told it has 2 GPUs: no GPU needed, Ray hands them out.
+    Its processes are found by its own temp folder and stopped alone: `ray stop` would stop every
+    Ray instance on the machine, a sweep another test runs beside this one included."""
     require(RAY.is_file(), f"Ray's CLI {RAY} (make test installs it in .venv/train from the train lock)")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     env = {**stage_env(tmp_path), "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "token"}
     start = subprocess.run([str(RAY), "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=2",
-                            "--include-dashboard=false", "--disable-usage-stats", "--object-store-memory=100000000"],
-                           env=env, capture_output=True, text=True, timeout=180)
-    assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
-    yield f"127.0.0.1:{port}"
-    subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=180)
+                            f"--temp-dir={temp}", "--include-dashboard=false", "--disable-usage-stats",
+                            "--object-store-memory=100000000"], env=env, capture_output=True, text=True, timeout=180)
+    try:
+        assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_processes_mentioning(str(temp))
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def stop_processes_mentioning(word: str) -> None:
+    pids = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline")
+            if word.encode() in _read(p)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        time.sleep(2)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 @pytest.mark.slow  # a Ray cluster of its own: about a minute

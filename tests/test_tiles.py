@@ -242,7 +242,11 @@ def test_board_tiles_the_input_cannot_carry_is_one_line_before_any_context(tmp_p
         "model": "m.rknn", "onnx": "m.onnx", "iou": 0.7, "max_det": 300, "category_ids": [1]}))
     cv2.imwrite(str(tmp_path / "small.jpg"), frame([], (480, 640)))
     for args, expected in ((["--tiles", "3"], "error: --tiles=3 cuts a 640x480 frame into"),
-                           (["--tiles", "2", "--tile-overlap", "1"], "error: --tiles 2 --tile-overlap 1.0")):
+                           (["--tiles", "2", "--tile-overlap", "1"], "error: --tiles 2 --tile-overlap 1.0"),
+                           # out of range also where no tiling would happen: a mistake, not a request
+                           (["--tiles", "0"], "error: --tiles 0 --tile-overlap 0.1: tiles go from 1 to 16"),
+                           (["--tiles", "17"], "error: --tiles 17 --tile-overlap 0.1: tiles go from 1 to 16"),
+                           (["--tile-overlap", "-0.5"], "error: --tiles 1 --tile-overlap -0.5")):
         code = board_detect.main(folder, [str(tmp_path / "small.jpg"), "--backend", "onnx", *args,
                                           "--report", str(tmp_path / "r.json")])
         err = capsys.readouterr().err.strip().splitlines()

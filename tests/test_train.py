@@ -149,8 +149,8 @@ def short(root: Path, *extra, epochs=2, env=None):
     return run_module("fit", ["--config", DEMO, f"train.epochs={epochs}", *SMALL, *extra], root, env=env)
 
 
-def test_same_seed_gives_identical_metrics_without_touching_the_network(demo_run, tmp_path):
-    src, _ = demo_run
+def test_same_seed_gives_identical_metrics_without_touching_the_network(demo_dataset, tmp_path):
+    src = demo_dataset
     curves = []
     guard = NetGuard(tmp_path)
     for name in ("a", "b"):
@@ -163,10 +163,10 @@ def test_same_seed_gives_identical_metrics_without_touching_the_network(demo_run
     guard.assert_no_network("fit")
 
 
-def test_an_unreadable_checkpoint_is_moved_aside_and_training_starts_anew(demo_run, tmp_path):
+def test_an_unreadable_checkpoint_is_moved_aside_and_training_starts_anew(demo_dataset, tmp_path):
     """ultralytics rewrites last.pt in place once more at the end (strip_optimizer); a kill there leaves
     half a file. The next run says so, keeps the run (moved aside) and trains anew."""
-    root = copy_dataset(demo_run[0], tmp_path)
+    root = copy_dataset(demo_dataset, tmp_path)
     run_dir = root / "runs" / "demo" / "train"
     assert short(root, epochs=1).returncode == 0
     state = json.loads((run_dir / "stage.json").read_text())
@@ -182,8 +182,8 @@ def test_an_unreadable_checkpoint_is_moved_aside_and_training_starts_anew(demo_r
     assert [int(float(r["epoch"])) for r in results(root)] == [1]
 
 
-def test_killed_training_resumes_without_duplicate_epochs(demo_run, tmp_path):
-    root = copy_dataset(demo_run[0], tmp_path)
+def test_killed_training_resumes_without_duplicate_epochs(demo_dataset, tmp_path):
+    root = copy_dataset(demo_dataset, tmp_path)
     last = root / "runs" / "demo" / "train" / "weights" / "last.pt"
     proc = subprocess.Popen([sys.executable, "-m", "services.fit", "--config", DEMO, "train.epochs=3", *SMALL],
                             cwd=ROOT, env=stage_env(root), stdout=subprocess.DEVNULL,
@@ -215,13 +215,13 @@ def test_killed_training_resumes_without_duplicate_epochs(demo_run, tmp_path):
     assert len(aside) == 1 and len((aside[0] / "results.csv").read_text().splitlines()) == 4
 
 
-def test_out_of_memory_is_retried_with_half_the_batch(demo_run, tmp_path):
+def test_out_of_memory_is_retried_with_half_the_batch(demo_dataset, tmp_path):
     """Fault injection: the first attempt raises torch.OutOfMemoryError from a trainer callback."""
     import torch
     from services.common import config
     from services.fit import fit
 
-    root = copy_dataset(demo_run[0], tmp_path)
+    root = copy_dataset(demo_dataset, tmp_path)
     raised = []
 
     def oom_once(trainer):
@@ -251,8 +251,8 @@ def test_no_dataset_yet_says_run_make_dataset(tmp_path):
     assert "no dataset in datasets/demo/yolo yet; run `make dataset`" in line
 
 
-def test_bad_weights_and_values_are_caught_before_training(demo_run, tmp_path):
-    root = copy_dataset(demo_run[0], tmp_path)
+def test_bad_weights_and_values_are_caught_before_training(demo_dataset, tmp_path):
+    root = copy_dataset(demo_dataset, tmp_path)
     line = one_error(run_module("fit", ["--config", DEMO, "train.model=weights/nope.pt"], root))
     assert "train.model=weights/nope.pt: no such file" in line
     junk = root / "junk.pt"
@@ -270,7 +270,7 @@ def test_bad_weights_and_values_are_caught_before_training(demo_run, tmp_path):
     assert not (root / "runs").exists() or not any((root / "runs").rglob("*.pt"))
 
 
-def test_best_pt_is_written_before_last_pt(demo_run, tmp_path):
+def test_best_pt_is_written_before_last_pt(demo_dataset, tmp_path):
     """A kill between ultralytics' two checkpoint writes must never leave a last.pt whose best epoch
     has no best.pt: the resumed run compares against that epoch and would never write one. A real
     one-epoch fit of the stage (a few images, a small input): when ultralytics has saved the epoch, its
@@ -279,7 +279,7 @@ def test_best_pt_is_written_before_last_pt(demo_run, tmp_path):
     is left. A change in ultralytics that bypassed the wrapper fails here."""
     from services.common import config
     from services.fit import fit
-    root = copy_dataset(demo_run[0], tmp_path)
+    root = copy_dataset(demo_dataset, tmp_path)
     saved = []
 
     def on_model_save(trainer):

@@ -195,10 +195,10 @@ CHAIN_EPOCHS = 6
 
 
 @pytest.mark.slow
-def test_yolo26_demo_chain(demo_run, tmp_path):
+def test_yolo26_demo_chain(demo_dataset, tmp_path):
     """`make train EXP=demo-yolo26`: dataset (shared with the demo), fit, export, evaluate, INT8 convert
     with the simulator evaluation, board bundle: every format evaluated, the exports agreeing."""
-    root = copy_dataset(demo_run[0], tmp_path)
+    root = copy_dataset(demo_dataset, tmp_path)
     proc = make("train", "EXP=demo-yolo26", f"ARGS=train.epochs={CHAIN_EPOCHS}",
                 root=root, timeout=5400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

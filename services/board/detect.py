@@ -133,6 +133,7 @@ def prepare(args: argparse.Namespace, bundle: Bundle) -> Run:
     the model's outputs): bad input is one line before any frame is read, and before any file is
     written."""
     check_layout(bundle.layout, bundle.size)
+    check_tile_settings(args)
     soc, soc_from, compatible = board_platform(args.platform)
     if args.backend == "rknn":  # onnxruntime runs anywhere
         check_platform(bundle, soc, soc_from)
@@ -151,11 +152,15 @@ def prepare(args: argparse.Namespace, bundle: Bundle) -> Run:
     return Run(soc, soc_from, compatible, cores, model, kind, frames, ids, contexts)
 
 
-def check_tiles(args: argparse.Namespace, bundle: Bundle, frames):
-    """--tiles and --tile-overlap against the first frame and the model input; the frames again."""
+def check_tile_settings(args: argparse.Namespace) -> None:
+    """Also without tiling (--tiles 1): a --tiles 0 or a bad overlap is a mistake, not a request."""
     if not 1 <= args.tiles <= 16 or not 0 <= args.tile_overlap < 1:
         raise BadInput(f"--tiles {args.tiles} --tile-overlap {args.tile_overlap}: tiles go from 1 to 16 and the "
                        f"overlap is the share of a tile its neighbour also covers, 0 to below 1 (e.g. 0.1)")
+
+
+def check_tiles(args: argparse.Namespace, bundle: Bundle, frames):
+    """--tiles and --tile-overlap against the first frame and the model input; the frames again."""
     size, frames = first_frame_size(frames)
     if size is not None:
         try:

@@ -511,11 +511,14 @@ def apt_install(packages: list) -> None:
 
 def test_deps(s: Settings) -> None:
     """The TensorBoard dashboard and the report are checked in a real headless browser (Debian's
-    chromium), the report's LaTeX tables with Debian's pdflatex; without a
+    chromium), the report's LaTeX tables with Debian's pdflatex, a read-only folder with chattr; without a
     Docker engine the live container test runs the real Compose file against podman (Debian's)."""
     if not shutil.which("chromium"):
         say("test: installing Debian's chromium for the dashboard and report tests")
         apt_install(["chromium"])
+    if not shutil.which("chattr"):  # an output folder the stage cannot write: `chattr +i` (Debian's e2fsprogs)
+        say("test: installing Debian's e2fsprogs (chattr) for the unwritable-folder tests")
+        apt_install(["e2fsprogs"])
     if not shutil.which("pdflatex"):  # tables.tex must compile with a real LaTeX (booktabs)
         say("test: installing Debian's LaTeX (texlive-latex-base, -recommended) for the report test")
         apt_install(["texlive-latex-base", "texlive-latex-recommended"])
@@ -533,16 +536,19 @@ def target_test(s: Settings, fast: bool = False) -> int:
     if code:
         return code
     python = s.venv / "train" / "bin" / "python"
-    # The fast tier is many short tests, most of their time a subprocess starting: one worker per core
-    # (at most 4) halves it. The whole suite stays in one process: its session fixtures (the demo
-    # training, the sweep) would run once per worker.
-    workers = str(min(os.cpu_count() or 1, 4))
-    tier = ["-m", "not slow and not containers", "-n", workers] if fast else []
+    # One worker per core (at most 4). The fast tier is many short tests, most of their time a
+    # subprocess starting: spread test by test. The whole suite is spread group by group
+    # (tests/conftest.py): the demo training and what shares it on one worker, each other file whole
+    # on one, the longest first, so the containers and the other trainings run beside the demo's.
+    workers = min(os.cpu_count() or 1, 4)
+    spread = [] if workers < 2 else ["-n", str(workers)] if fast else [
+        "-n", str(workers), "--dist", "loadscope", "--no-loadscope-reorder"]
+    tier = ["-m", "not slow and not containers"] if fast else []
     env = {**os.environ, "PIPELINE_VENV": str(s.venv)}
     if not fast:  # the whole suite: what it installs or builds must be there (tests/helpers.py require())
         env["CI"] = "1"
     # -rs: the reasons of the skips left (a GPU, ../shared, mounting), listed at the end
-    return subprocess.run([str(python), "-m", "pytest", *tier, "-rs", "--durations=12", "tests"], cwd=ROOT,
+    return subprocess.run([str(python), "-m", "pytest", *tier, *spread, "-rs", "--durations=12", "tests"], cwd=ROOT,
                           env=env).returncode
 
 

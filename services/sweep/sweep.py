@@ -224,8 +224,10 @@ def start_ray(address: str | None):
                             f"check the address (`ray status` on the head node) or unset RAY_ADDRESS{auth}")
     else:
         os.environ["PYTHONPATH"] = env["PYTHONPATH"]  # the local instance's workers start from this process
-        # A small object store: trials pass only their small result dicts.
-        ray.init(include_dashboard=False, object_store_memory=100 * 1024**2, **kw)
+        # "local": always an instance of its own, never a cluster that happens to run on this machine
+        # (`ray start`, another sweep), which Ray would otherwise join. A small object store: trials
+        # pass only their small result dicts.
+        ray.init(address="local", include_dashboard=False, object_store_memory=100 * 1024**2, **kw)
     return ray
 
 
