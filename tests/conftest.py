@@ -1,5 +1,6 @@
 """Fixtures and pytest hooks. Stages run against scratch project roots (PIPELINE_ROOT), never the
 user's datasets/, artifacts/ or runs/. The helpers they use are in tests/helpers.py."""
+import fcntl
 import io
 import json
 import os
@@ -15,15 +16,14 @@ from services.common import files
 from tests.helpers import (CONVERT_PY, PhaseTimer, ROOT, SHARED_CITYPERSONS, SWEEP_TRIALS, SweepRun, TRAIN_VENV_INSTALLED, _kill_one_training, _pids_with, copy_dataset, demo_root, error_lines, failure, make, make_real_root, needs_convert_env, needs_make_venv, needs_real_citypersons, one_error, phase_time, pipeline_venv, require, run_module, stage_env)  # noqa: F401
 
 
-# Tests that share the demo training (directly or through the sweep that starts from its weights) are
-# one group under `make test`, so that one worker runs `make demo` once and the tests that read it
-# never run beside a test that changes it (some rerun stages in its root); every other file is a
-# group of its own (its module fixtures then run once). The groups are handed to the workers in this
-# order, the longest first, so that the containers, the other trainings and the sweeps run beside the
-# demo training instead of after it.
-DEMO_TRAINING = {"demo_run", "demo_sweep"}
-FIRST = ("demo-training", "test_containers.py", "test_proxy_study.py", "test_yolo26.py", "test_train.py",
-         "test_sweep.py", "test_gpu_benchmarks.py")
+# Under `make test` the tests run in groups, one group at a time on a pytest-xdist worker: the tests
+# that read the demo training's root or rerun stages in it (demo-training), so that none of them runs
+# beside one that changes it; the demo sweep and the tests that read it (demo-sweep), which starts
+# from demo_run's untouched snapshot; every other file whole (its module fixtures then run once). The
+# groups are handed out in this order, the longest first, so that the containers, the sweep and the
+# other trainings run beside the demo training instead of after it.
+FIRST = ("demo-training", "test_containers.py", "test_yolo26.py", "demo-sweep", "test_proxy_study.py",
+         "test_train.py", "test_sweep.py", "test_gpu_benchmarks.py")
 
 
 def pytest_configure(config):
@@ -39,9 +39,10 @@ def pytest_collection_modifyitems(items):
     groups = {}
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
-        if names & (DEMO_TRAINING | {"demo_dataset"}):
+        if names & {"demo_run", "demo_sweep", "demo_dataset"}:
             item.add_marker(pytest.mark.slow)
-        groups[item.nodeid] = "demo-training" if names & DEMO_TRAINING else item.path.name
+        groups[item.nodeid] = ("demo-sweep" if "demo_sweep" in names else "demo-training" if "demo_run" in names
+                               else item.path.name)
     rank = {group: i for i, group in enumerate(FIRST)}
     items.sort(key=lambda item: rank.get(groups[item.nodeid], len(FIRST)))
     shared = Path(os.environ["PIPELINE_TEST_SHARED"])
@@ -88,13 +89,29 @@ def pytest_terminal_summary(terminalreporter):
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory):
+def demo_run():
     """`make demo` once per session on a fresh project root: the demo download, the dataset, the
-    training. Every test that needs a trained demo model shares this one."""
+    training. Every test that needs a trained demo model shares this one, on every pytest-xdist
+    worker: the first to ask runs it, under a lock the others wait on, and records its outcome.
+    Beside it, an untouched copy of its dataset and weights (demo-snapshot/) for the sweep, whose
+    group runs beside tests that rerun stages in the demo's root."""
     require(TRAIN_VENV_INSTALLED, f"{Path(sys.prefix) / '.installed'}: the demo chain runs in the .venv/train "
                                   f"that `make test` builds")
-    root = tmp_path_factory.mktemp("make-demo")
-    proc = make("demo", root=root, timeout=3600)
+    shared = Path(os.environ["PIPELINE_TEST_SHARED"])
+    root, record = shared / "make-demo", shared / "make-demo.json"
+    with open(shared / "make-demo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this worker dies
+        if not record.is_file():
+            root.mkdir()
+            proc = make("demo", root=root, timeout=3600)
+            if proc.returncode == 0:
+                snapshot = shared / "demo-snapshot"
+                shutil.copytree(root / "datasets" / "demo", snapshot / "datasets" / "demo")
+                shutil.copy2(root / "artifacts/demo/weights/best.pt", snapshot / "best.pt")
+            files.atomic_write_json(record, {"returncode": proc.returncode, "stdout": proc.stdout,
+                                             "stderr": proc.stderr})
+    r = json.loads(record.read_text())
+    proc = subprocess.CompletedProcess(["make", "demo"], r["returncode"], r["stdout"], r["stderr"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root, proc
 
@@ -134,9 +151,10 @@ def demo_sweep(demo_run, tmp_path_factory):
     """`make sweep SWEEP=demo-sweep` on local Ray: 2 variants x 2 seeds, each trial the whole chain,
     fine-tuned for 2 epochs from the demo's weights. One trial's training is killed with SIGKILL after
     its first epoch; the sweep goes on with the others, then runs again."""
-    root = copy_dataset(demo_run[0], tmp_path_factory.mktemp("demo-sweep"))
+    snapshot = demo_run[0].parent / "demo-snapshot"  # demo_run's untouched copy
+    root = copy_dataset(snapshot, tmp_path_factory.mktemp("demo-sweep"))
     # Fine-tuned gently: the demo's own lr0 (0.005, AdamW, no warmup) would unlearn much of it in 2 epochs.
-    args = f"ARGS=train.model={demo_run[0] / 'artifacts/demo/weights/best.pt'} train.epochs=2 train.lr0=0.0005"
+    args = f"ARGS=train.model={snapshot / 'best.pt'} train.epochs=2 train.lr0=0.0005"
     env = {**stage_env(root), "PIPELINE_ROOT": str(root)}
     cmd = ["make", "--no-print-directory", f"VENV={pipeline_venv()}", "sweep", "SWEEP=demo-sweep", args]
     out = root / "first-run.log"

@@ -217,6 +217,30 @@ def test_main_gives_the_decodes_detections_in_frame_order_without_a_generated_bu
     assert sum(report["frames_per_core"].values()) == len(names) and report["interrupted"] is False
 
 
+def test_model_runs_another_model_than_the_bundles_and_the_report_names_it(tmp_path, capsys):
+    """docs/board.md: `--model PATH` runs another model with the bundle's settings; without it, a
+    bundle whose model is missing is one line naming --model; board_report.json names the model run
+    and its sha256."""
+    import hashlib
+    folder = tiny_bundle(tmp_path / "tiny")
+    other = tmp_path / "elsewhere" / "retrained.onnx"
+    other.parent.mkdir()
+    tiny_onnx(other, seed=1)  # other weights: a report of the bundle's model would show
+    (folder / "tiny.onnx").unlink()
+    image = tmp_path / "street.jpg"
+    cv2.imwrite(str(image), street_images(1)[0])
+    report = tmp_path / "report.json"
+    code = board_detect.main(folder, [str(image), "--backend", "onnx", "--report", str(report)])
+    line = one_error(completed(code, capsys.readouterr()))
+    assert line == f"error: {folder / 'tiny.onnx'} does not exist; copy the whole bundle folder, or pass --model"
+    assert not report.exists()
+    code = board_detect.main(folder, [str(image), "--backend", "onnx", "--model", str(other), "--report", str(report)])
+    assert code == 0, capsys.readouterr().err
+    written = json.loads(report.read_text())
+    assert written["model"] == "retrained.onnx" and written["frames"] == 1
+    assert written["model_sha256"] == hashlib.sha256(other.read_bytes()).hexdigest()
+
+
 def test_main_refuses_bad_input_in_one_line_before_any_work(tmp_path, capsys):
     folder = tiny_bundle(tmp_path / "tiny")
     image = tmp_path / "street.jpg"
