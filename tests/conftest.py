@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(items):
     groups = {}
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
-        if names & {"demo_run", "demo_sweep", "demo_dataset"}:
+        if names & {"demo_run", "demo_snapshot", "demo_sweep", "demo_dataset"}:
             item.add_marker(pytest.mark.slow)
         groups[item.nodeid] = ("demo-sweep" if "demo_sweep" in names else "demo-training" if "demo_run" in names
                                else item.path.name)
@@ -88,13 +88,10 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{r['seconds']:8.1f} s  {r['phase']}" if "phase" in r else r["note"])
 
 
-@pytest.fixture(scope="session")
-def demo_run():
-    """`make demo` once per session on a fresh project root: the demo download, the dataset, the
-    training. Every test that needs a trained demo model shares this one, on every pytest-xdist
-    worker: the first to ask runs it, under a lock the others wait on, and records its outcome.
-    Beside it, an untouched copy of its dataset and weights (demo-snapshot/) for the sweep, whose
-    group runs beside tests that rerun stages in the demo's root."""
+def make_demo_once() -> tuple[Path, subprocess.CompletedProcess]:
+    """`make demo` once per session for every pytest-xdist worker: the first to ask runs it, under a
+    lock the others wait on, and records its outcome; beside its root, a copy of it (demo-snapshot/)
+    that no test changes."""
     require(TRAIN_VENV_INSTALLED, f"{Path(sys.prefix) / '.installed'}: the demo chain runs in the .venv/train "
                                   f"that `make test` builds")
     shared = Path(os.environ["PIPELINE_TEST_SHARED"])
@@ -105,15 +102,30 @@ def demo_run():
             root.mkdir()
             proc = make("demo", root=root, timeout=3600)
             if proc.returncode == 0:
-                snapshot = shared / "demo-snapshot"
-                shutil.copytree(root / "datasets" / "demo", snapshot / "datasets" / "demo")
-                shutil.copy2(root / "artifacts/demo/weights/best.pt", snapshot / "best.pt")
+                for d in ("datasets", "artifacts", "runs"):
+                    shutil.copytree(root / d, shared / "demo-snapshot" / d, symlinks=True)
             files.atomic_write_json(record, {"returncode": proc.returncode, "stdout": proc.stdout,
                                              "stderr": proc.stderr})
     r = json.loads(record.read_text())
     proc = subprocess.CompletedProcess(["make", "demo"], r["returncode"], r["stdout"], r["stderr"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root, proc
+
+
+@pytest.fixture(scope="session")
+def demo_run():
+    """`make demo` on a fresh project root (the demo download, the dataset, the training, the whole
+    chain) and what it printed: for the tests that read its root as it is or rerun stages in it (the
+    demo-training group)."""
+    return make_demo_once()
+
+
+@pytest.fixture(scope="session")
+def demo_snapshot() -> Path:
+    """A copy of the `make demo` root that no test changes: tests that copy the demo's dataset,
+    artifacts or weights into a root of their own take them from here, in any group on any worker."""
+    root, _ = make_demo_once()
+    return root.parent / "demo-snapshot"
 
 
 @pytest.fixture(scope="session")
@@ -147,14 +159,13 @@ def demo_raw(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_sweep(demo_run, tmp_path_factory):
+def demo_sweep(demo_snapshot, tmp_path_factory):
     """`make sweep SWEEP=demo-sweep` on local Ray: 2 variants x 2 seeds, each trial the whole chain,
     fine-tuned for 2 epochs from the demo's weights. One trial's training is killed with SIGKILL after
     its first epoch; the sweep goes on with the others, then runs again."""
-    snapshot = demo_run[0].parent / "demo-snapshot"  # demo_run's untouched copy
-    root = copy_dataset(snapshot, tmp_path_factory.mktemp("demo-sweep"))
+    root = copy_dataset(demo_snapshot, tmp_path_factory.mktemp("demo-sweep"))
     # Fine-tuned gently: the demo's own lr0 (0.005, AdamW, no warmup) would unlearn much of it in 2 epochs.
-    args = f"ARGS=train.model={snapshot / 'best.pt'} train.epochs=2 train.lr0=0.0005"
+    args = f"ARGS=train.model={demo_snapshot / 'artifacts/demo/weights/best.pt'} train.epochs=2 train.lr0=0.0005"
     env = {**stage_env(root), "PIPELINE_ROOT": str(root)}
     cmd = ["make", "--no-print-directory", f"VENV={pipeline_venv()}", "sweep", "SWEEP=demo-sweep", args]
     out = root / "first-run.log"

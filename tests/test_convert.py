@@ -115,8 +115,8 @@ def test_board_bundle_decodes_like_the_simulator_evaluation(demo_run):
 
 
 @needs_convert_env
-def test_convert_bad_input(demo_run, tmp_path):
-    root = copy_dataset(demo_run[0], tmp_path)
+def test_convert_bad_input(demo_snapshot, tmp_path):
+    root = copy_dataset(demo_snapshot, tmp_path)
 
     def convert(*extra):
         return subprocess.run([str(CONVERT_PY), "-m", "services.convert", "--config", DEMO, *extra], cwd=ROOT,
@@ -127,7 +127,7 @@ def test_convert_bad_input(demo_run, tmp_path):
 
     models = root / "artifacts/demo/models"
     models.mkdir(parents=True)
-    src = demo_run[0] / "artifacts/demo/models/demo.rknn-head.onnx"
+    src = demo_snapshot / "artifacts/demo/models/demo.rknn-head.onnx"
     import onnx
     m = onnx.load(str(src))
     m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
@@ -144,9 +144,9 @@ def test_convert_bad_input(demo_run, tmp_path):
     assert not list(models.glob("*.rknn")) and not list(models.glob(".*tmp*"))
 
 
-def test_board_script_refuses_a_layout_it_does_not_know(demo_run, tmp_path):
+def test_board_script_refuses_a_layout_it_does_not_know(demo_snapshot, tmp_path):
     board = tmp_path / "board"
-    shutil.copytree(demo_run[0] / "artifacts/demo/board", board)
+    shutil.copytree(demo_snapshot / "artifacts/demo/board", board)
     bundle = json.loads((board / "bundle.json").read_text())
     (board / "bundle.json").write_text(json.dumps({**bundle, "layout": "yolo-end2end"}))
     proc = subprocess.run([sys.executable, str(board / "detect.py"), str(board / "labels.txt")], cwd=board,
@@ -154,8 +154,8 @@ def test_board_script_refuses_a_layout_it_does_not_know(demo_run, tmp_path):
     line = one_error(proc)
     assert "'yolo-end2end'" in line and "dfl" in line and "bundle" in line
     # the same decode refuses outputs whose shapes do not fit the bundle's layout
-    runtime = bundle_runtime(demo_run[0] / "artifacts/demo/board")
-    loaded = runtime.bundle.load_bundle(demo_run[0] / "artifacts/demo/board")
+    runtime = bundle_runtime(demo_snapshot / "artifacts/demo/board")
+    loaded = runtime.bundle.load_bundle(demo_snapshot / "artifacts/demo/board")
     outputs = [np.zeros((1, 4, 32, 32)), np.zeros((1, 1, 32, 32))] * 3
     with pytest.raises(runtime.errors.LayoutError, match="different conversions"):
         runtime.bundle.check_layout(loaded.layout, loaded.size, outputs)

@@ -88,8 +88,8 @@ def test_fresh_0_means_no(demo_run):
 
 # 2. the convert stage skips, logs and replaces ------------------------------------------------------
 @needs_convert_env
-def test_convert_skips_when_up_to_date_and_replaces_its_own_board(demo_run, tmp_path):
-    root = copy_run(demo_run[0], tmp_path / "root")
+def test_convert_skips_when_up_to_date_and_replaces_its_own_board(demo_snapshot, tmp_path):
+    root = copy_run(demo_snapshot, tmp_path / "root")
     art = root / "artifacts" / "demo"
     model = art / "models" / "demo_int8_rk3588.rknn"
     convert = lambda *a: subprocess.run([str(CONVERT_PY), "-m", "services.convert", "--config", DEMO, *a],  # noqa: E731
@@ -131,8 +131,8 @@ def test_a_killed_dataset_stage_is_cleaned_up_by_the_next_run(tmp_path, demo_raw
     assert not temps(root) and (root / "datasets" / "demo" / "yolo" / "manifest.json").is_file()
 
 
-def test_a_killed_export_is_cleaned_up_by_the_next_run(demo_run, tmp_path):
-    root = copy_run(demo_run[0], tmp_path / "root")
+def test_a_killed_export_is_cleaned_up_by_the_next_run(demo_snapshot, tmp_path):
+    root = copy_run(demo_snapshot, tmp_path / "root")
     models = root / "artifacts" / "demo" / "models"
     live = lambda: {p.name: p.read_bytes() for p in models.glob("*.onnx") if not p.name.startswith(".")}  # noqa: E731
     before = live()
@@ -146,8 +146,8 @@ def test_a_killed_export_is_cleaned_up_by_the_next_run(demo_run, tmp_path):
 
 
 @needs_convert_env
-def test_a_killed_convert_stage_is_cleaned_up_by_the_next_run(demo_run, tmp_path):
-    root = copy_run(demo_run[0], tmp_path / "root")
+def test_a_killed_convert_stage_is_cleaned_up_by_the_next_run(demo_snapshot, tmp_path):
+    root = copy_run(demo_snapshot, tmp_path / "root")
     art = root / "artifacts" / "demo"
     model = art / "models" / "demo_int8_rk3588.rknn"
     before = model.read_bytes()
@@ -164,8 +164,8 @@ def test_a_killed_convert_stage_is_cleaned_up_by_the_next_run(demo_run, tmp_path
 
 
 # 5. what a later stage refuses is refused first, before anything moves --------------------------------
-def test_values_a_later_stage_refuses_are_refused_before_any_work(demo_run, tmp_path):
-    root = copy_run(demo_run[0], tmp_path / "root")
+def test_values_a_later_stage_refuses_are_refused_before_any_work(demo_snapshot, tmp_path):
+    root = copy_run(demo_snapshot, tmp_path / "root")
     before = outputs(root)
     line = one_error(run_module("fit", ["--config", DEMO, "train.imgsz=100"], root))
     assert "train.imgsz=100: every side must be a multiple of 32" in line and "use 96 or 128" in line
@@ -185,8 +185,8 @@ def test_values_a_later_stage_refuses_are_refused_before_any_work(demo_run, tmp_
 
 
 # 6. corrupt weights --------------------------------------------------------------------------------
-def test_corrupt_weights_are_one_line_with_a_fix_that_works(demo_run, tmp_path):
-    root = copy_run(demo_run[0], tmp_path / "root")
+def test_corrupt_weights_are_one_line_with_a_fix_that_works(demo_snapshot, tmp_path):
+    root = copy_run(demo_snapshot, tmp_path / "root")
     best = root / "artifacts" / "demo" / "weights" / "best.pt"
     best.write_bytes(best.read_bytes()[:1000])
     line = one_error(run_module("export", ["--config", DEMO, "--force"], root))
@@ -252,8 +252,8 @@ def test_an_unwritable_output_folder_is_one_line_and_leaves_nothing(tmp_path, de
     assert run_module("dataset", ["--config", DEMO], root).returncode == 0  # and once writable, it works
 
 
-def test_a_damaged_ground_truth_names_the_stage_that_rebuilds_it(demo_run, tmp_path):
-    root = copy_run(demo_run[0], tmp_path / "root")
+def test_a_damaged_ground_truth_names_the_stage_that_rebuilds_it(demo_snapshot, tmp_path):
+    root = copy_run(demo_snapshot, tmp_path / "root")
     gt = root / "datasets" / "demo" / "yolo" / "val_gt.json"
     gt.unlink()  # a hard link: the demo run's own file stays whole
     gt.write_text('{"images": [')

@@ -58,11 +58,11 @@ def rebuilt(root: Path, before: dict, *args) -> dict:
 
 
 @pytest.fixture(scope="module")
-def converted(demo_run, tmp_path_factory) -> Path:
+def converted(demo_snapshot, tmp_path_factory) -> Path:
     """A copy of the demo run (its dataset as hard links, its artifacts copied: the stage writes its
     log in place) on which convert is up to date."""
-    root = copy_dataset(demo_run[0], tmp_path_factory.mktemp("convert-again"))
-    shutil.copytree(demo_run[0] / "artifacts" / "demo", root / "artifacts" / "demo")
+    root = copy_dataset(demo_snapshot, tmp_path_factory.mktemp("convert-again"))
+    shutil.copytree(demo_snapshot / "artifacts" / "demo", root / "artifacts" / "demo")
     proc = convert(root)
     assert UP_TO_DATE in proc.stdout.splitlines(), proc.stdout[-2000:]
     return root

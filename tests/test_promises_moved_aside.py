@@ -10,9 +10,9 @@ from tests.helpers import ROOT, copy_dataset, run_module
 DEMO = str(ROOT / "configs" / "demo.yaml")
 
 
-def test_outputs_built_from_other_settings_are_moved_aside_naming_the_key(demo_run, tmp_path):
-    root = copy_dataset(demo_run[0], tmp_path / "root")
-    shutil.copytree(demo_run[0] / "artifacts" / "demo", root / "artifacts" / "demo")
+def test_outputs_built_from_other_settings_are_moved_aside_naming_the_key(demo_snapshot, tmp_path):
+    root = copy_dataset(demo_snapshot, tmp_path / "root")
+    shutil.copytree(demo_snapshot / "artifacts" / "demo", root / "artifacts" / "demo")
     models, metrics = root / "artifacts/demo/models", root / "artifacts/demo/metrics"
     old_onnx, old_pt = (models / "demo.onnx").read_bytes(), json.loads((metrics / "pt.json").read_text())
     found = []

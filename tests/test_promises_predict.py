@@ -18,10 +18,10 @@ MOVED = ("predict: the earlier predictions (another source, model or setting, or
 
 
 @pytest.fixture(scope="module")
-def project(demo_run, tmp_path_factory) -> tuple[Path, Path]:
+def project(demo_snapshot, tmp_path_factory) -> tuple[Path, Path]:
     """A copy of the demo run (dataset as hard links, artifacts copied) and a folder of 3 val images."""
-    root = copy_dataset(demo_run[0], tmp_path_factory.mktemp("predict-again"))
-    shutil.copytree(demo_run[0] / "artifacts" / "demo", root / "artifacts" / "demo")
+    root = copy_dataset(demo_snapshot, tmp_path_factory.mktemp("predict-again"))
+    shutil.copytree(demo_snapshot / "artifacts" / "demo", root / "artifacts" / "demo")
     source = root / "street"
     source.mkdir()
     for p in sorted((root / "datasets/demo/yolo/val/images").glob("*.png"))[:3]:

@@ -72,9 +72,9 @@ def headline(root: Path, experiment: str) -> str:
     return f"pt: AP50 {val['coco']['AP50']:.3f}, MR-2 {100 * val['miss_rate']['Reasonable']:.2f} %"
 
 
-def test_the_final_table_and_a_rerun_after_a_changed_trial_config(demo_run, tmp_path):
-    root = copy_dataset(demo_run[0], tmp_path / "root")
-    best = demo_run[0] / "artifacts" / "demo" / "weights" / "best.pt"
+def test_the_final_table_and_a_rerun_after_a_changed_trial_config(demo_snapshot, tmp_path):
+    root = copy_dataset(demo_snapshot, tmp_path / "root")
+    best = demo_snapshot / "artifacts" / "demo" / "weights" / "best.pt"
     path = tmp_path / "tbl.yaml"
     ok = f"[evaluate.format=pt, evaluate.weights={best}]"
     path.write_text(f"base: demo\nseeds: [0]\nstages: [evaluate]\nvariants:\n  a: {ok}\n"
