@@ -76,16 +76,37 @@ def pytest_runtest_setup(item):
         require(*mark.args)
 
 
+# When each worker ran which test (the controller sees every report): the summary's timeline of groups,
+# which shows what the suite's wall time waits on.
+_RAN: list = []
+
+
+def pytest_runtest_logreport(report):
+    if not os.environ.get("PYTEST_XDIST_WORKER") and hasattr(report, "node"):
+        _RAN.append((report.node.gateway.id, report.nodeid, report.start, report.stop))
+
+
 def pytest_terminal_summary(terminalreporter):
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return
     shared = Path(os.environ["PIPELINE_TEST_SHARED"])
     records = PhaseTimer.read(shared / "phases.jsonl")
+    groups = json.loads((shared / "groups.json").read_text()) if (shared / "groups.json").is_file() else {}
     shutil.rmtree(shared, ignore_errors=True)
     if records:
         terminalreporter.section("phase timings")
         for r in records:
             terminalreporter.write_line(f"{r['seconds']:8.1f} s  {r['phase']}" if "phase" in r else r["note"])
+    if _RAN and groups:
+        terminalreporter.section("groups: worker, from, to (s after the first test began)")
+        t0, spans = min(r[2] for r in _RAN), {}
+        for worker, nodeid, start, stop in _RAN:
+            key = (worker, groups.get(nodeid, "?"))
+            lo, hi, n = spans.get(key, (start, stop, 0))
+            spans[key] = (min(lo, start), max(hi, stop), n + 1)
+        for (worker, group), (lo, hi, n) in sorted(spans.items(), key=lambda kv: kv[1][0]):
+            if hi - lo >= 10:
+                terminalreporter.write_line(f"{worker}  {lo - t0:6.0f} {hi - t0:6.0f}  {group} ({n // 3} tests)")
 
 
 def make_demo_once() -> tuple[Path, subprocess.CompletedProcess]:

@@ -252,6 +252,10 @@ def datasets(config: Path):
                    "`make dataset` downloads them (about 1 GB)")
 
 
+def line(status: str, check: str, text: str) -> str:
+    return f"{status:<5} {check:<15} {text}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="make doctor", description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, required=True)
@@ -264,7 +268,7 @@ def main(argv=None) -> int:
     gpu = os.environ.get("GPU", "1") != "0"
     statuses = []
     for status, check, text in checks(a, docker, compose, gpu):  # each line as soon as it is known
-        print(f"{status:<5} {check:<15} {text}", flush=True)
+        print(line(status, check, text), flush=True)
         statuses.append(status)
     failed = statuses.count("FAIL")
     print(f"doctor: {failed} check(s) failed" if failed else "doctor: ready"
