@@ -100,13 +100,13 @@ def pytest_terminal_summary(terminalreporter):
     if _RAN and groups:
         terminalreporter.section("groups: worker, from, to (s after the first test began)")
         t0, spans = min(r[2] for r in _RAN), {}
-        for worker, nodeid, start, stop in _RAN:
+        for worker, nodeid, start, stop in _RAN:  # a test's setup, call and teardown: one span, one test
             key = (worker, groups.get(nodeid, "?"))
-            lo, hi, n = spans.get(key, (start, stop, 0))
-            spans[key] = (min(lo, start), max(hi, stop), n + 1)
-        for (worker, group), (lo, hi, n) in sorted(spans.items(), key=lambda kv: kv[1][0]):
+            lo, hi, tests = spans.get(key, (start, stop, set()))
+            spans[key] = (min(lo, start), max(hi, stop), tests | {nodeid})
+        for (worker, group), (lo, hi, tests) in sorted(spans.items(), key=lambda kv: kv[1][0]):
             if hi - lo >= 10:
-                terminalreporter.write_line(f"{worker}  {lo - t0:6.0f} {hi - t0:6.0f}  {group} ({n // 3} tests)")
+                terminalreporter.write_line(f"{worker}  {lo - t0:6.0f} {hi - t0:6.0f}  {group} ({len(tests)} tests)")
 
 
 def make_demo_once() -> tuple[Path, subprocess.CompletedProcess]:
