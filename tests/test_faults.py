@@ -86,37 +86,8 @@ def test_fresh_0_means_no(demo_run):
     assert tree(root / "runs") == before
 
 
-# 2. the convert stage skips, logs and replaces ------------------------------------------------------
-@needs_convert_env
-def test_convert_skips_when_up_to_date_and_replaces_its_own_board(demo_snapshot, tmp_path):
-    root = copy_run(demo_snapshot, tmp_path / "root")
-    art = root / "artifacts" / "demo"
-    model = art / "models" / "demo_int8_rk3588.rknn"
-    convert = lambda *a: subprocess.run([str(CONVERT_PY), "-m", "services.convert", "--config", DEMO, *a],  # noqa: E731
-                                        cwd=ROOT, env=stage_env(root), capture_output=True, text=True, timeout=900)
-    before = tree(art)
-    same = convert()
-    assert same.returncode == 0 and "demo_int8_rk3588.rknn is up to date" in same.stdout and "FORCE=1" in same.stdout
-    assert tree(art) == before
-
-    forced = convert("--force")
-    assert forced.returncode == 0, forced.stderr[-2000:]
-    lines = [line for line in (forced.stdout + forced.stderr).split("\n") if line.strip()]
-    assert len(lines) < 60, f"{len(lines)} lines: the toolkit's progress belongs in its log"
-    log = art / "rknn" / "toolkit.log"
-    assert log.is_file() and log.stat().st_size > 0 and "toolkit.log" in forced.stdout
-    assert model.stat().st_mtime_ns != before["models/demo_int8_rk3588.rknn"][1]
-    assert not aside(art) and not temps(root)  # board/ was the stage's own: replaced, not piled up
-    bundle = json.loads((art / "board" / "bundle.json").read_text())
-    written = {str(p.relative_to(art / "board")) for p in (art / "board").rglob("*") if p.is_file()}
-    assert set(bundle["files"]) == written - {"bundle.json"} and "runtime/yolo_core.py" in written
-
-    (art / "board" / "my_results.txt").write_text("measured on the board\n")  # something the stage did not write
-    again = convert("--force")
-    assert again.returncode == 0 and "held files the convert stage did not write; moved it aside" in again.stdout
-    (kept,) = [p for p in art.iterdir() if p.name.startswith("board.old-")]
-    assert (kept / "my_results.txt").read_text() == "measured on the board\n"
-    assert not (art / "board" / "my_results.txt").exists()
+# 2. the convert stage skips, logs and replaces: in tests/test_promises_convert.py, whose copy of the demo
+# run and rebuilds it shares.
 
 
 # 4. temporary files after a kill --------------------------------------------------------------------

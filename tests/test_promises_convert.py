@@ -1,8 +1,9 @@
 """The convert stage's skip rule (docs/development.md: its manifest holds a fingerprint of the ONNX, the
 calibration images, the val ground truth, the `convert` and `evaluate` settings and the toolkit
-version): on a copy of the shared demo run, it is up to date; a changed calibration image, a changed
-val ground truth and a changed evaluate setting each rebuild the .rknn and its evaluation; unchanged
-again, it is up to date again."""
+version): on a copy of the shared demo run, it is up to date and touches nothing; FORCE=1 rebuilds it,
+its toolkit's output in a log, `board/` replaced (or moved aside when it holds a file the stage did not
+write); a changed calibration image, a changed val ground truth and a changed evaluate setting each
+rebuild the .rknn and its evaluation; unchanged again, it is up to date again."""
 import json
 import os
 import shutil
@@ -41,9 +42,16 @@ def replace_file(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+def tree(root: Path) -> dict:
+    """Every file under root with its size and mtime: the 'before' of a before-and-after."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file()}
+
+
 def rebuilt(root: Path, before: dict, *args) -> dict:
     """Convert once more: it must rebuild (the .rknn, its manifest and its metrics written anew);
-    then, nothing changed since, it is up to date. Returns the new manifest."""
+    then, nothing changed since, it is up to date. Returns the new manifest, with the rebuild's
+    output under "stdout"."""
     rknn_json = root / "artifacts/demo/metrics/rknn.json"
     old_metrics = rknn_json.stat().st_mtime_ns
     proc = convert(root, *args)
@@ -54,7 +62,7 @@ def rebuilt(root: Path, before: dict, *args) -> dict:
     assert after["outputs"][MODEL]["mtime_ns"] != before["outputs"][MODEL]["mtime_ns"]
     again = convert(root, *args)
     assert UP_TO_DATE in again.stdout.splitlines(), again.stdout[-2000:]
-    return after
+    return {**after, "stdout": proc.stdout}
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +71,27 @@ def converted(demo_snapshot, tmp_path_factory) -> Path:
     log in place) on which convert is up to date."""
     root = copy_dataset(demo_snapshot, tmp_path_factory.mktemp("convert-again"))
     shutil.copytree(demo_snapshot / "artifacts" / "demo", root / "artifacts" / "demo")
+    before = tree(root / "artifacts" / "demo")
     proc = convert(root)
     assert UP_TO_DATE in proc.stdout.splitlines(), proc.stdout[-2000:]
+    assert tree(root / "artifacts" / "demo") == before  # up to date: not a file written
     return root
+
+
+def test_force_rebuilds_with_the_toolkits_output_in_its_log_and_replaces_its_own_board(converted):
+    root, art = converted, converted / "artifacts" / "demo"
+    before = tree(art)
+    forced = convert(root, "--force")
+    lines = [line for line in (forced.stdout + forced.stderr).split("\n") if line.strip()]
+    assert len(lines) < 60, f"{len(lines)} lines: the toolkit's progress belongs in its log"
+    log = art / "rknn" / "toolkit.log"
+    assert log.is_file() and log.stat().st_size > 0 and "toolkit.log" in forced.stdout
+    assert (root / MODEL).stat().st_mtime_ns != before["models/demo_int8_rk3588.rknn"][1]
+    leftovers = [p for p in root.rglob("*") if ".old-" in p.name or ".tmp-" in p.name or ".replaced-" in p.name]
+    assert not leftovers, leftovers  # board/ was the stage's own: replaced, not piled up
+    bundle = json.loads((art / "board" / "bundle.json").read_text())
+    written = {str(p.relative_to(art / "board")) for p in (art / "board").rglob("*") if p.is_file()}
+    assert set(bundle["files"]) == written - {"bundle.json"} and "runtime/yolo_core.py" in written
 
 
 def test_a_changed_calibration_image_rebuilds_the_model(converted):
@@ -117,7 +143,13 @@ def test_keep_analysis_dumps_keeps_the_toolkits_per_layer_dumps(converted):
     root, before = converted, manifest(converted)
     dumps = root / "artifacts/demo/metrics/rknn-analysis"
     assert not dumps.exists()
+    art = root / "artifacts/demo"
+    (art / "board" / "my_results.txt").write_text("measured on the board\n")  # something the stage did not write
     after = rebuilt(root, before, "evaluate.conf=0.002", "convert.keep_analysis_dumps=true")
+    assert "held files the convert stage did not write; moved it aside" in after["stdout"]
+    (kept,) = [p for p in art.iterdir() if p.name.startswith("board.old-")]
+    assert (kept / "my_results.txt").read_text() == "measured on the board\n"
+    assert not (art / "board" / "my_results.txt").exists()
     assert after["fingerprint"]["convert"]["keep_analysis_dumps"] is True
     quant = json.loads((root / "artifacts/demo/metrics/quantization.json").read_text())
     assert quant["dumps"] == str(dumps) and any(p.is_file() for p in dumps.rglob("*"))

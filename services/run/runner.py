@@ -536,13 +536,12 @@ def target_test(s: Settings, fast: bool = False) -> int:
     if code:
         return code
     python = s.venv / "train" / "bin" / "python"
-    # One worker per core (at most 4). The fast tier is many short tests, most of their time a
-    # subprocess starting: spread test by test. The whole suite is spread group by group
-    # (tests/conftest.py): the demo training and what shares it on one worker, each other file whole
-    # on one, the longest first, so the containers and the other trainings run beside the demo's.
+    # One worker per core (at most 4), spread group by group (tests/conftest.py): the demo training and
+    # what shares it on one worker, each other file whole on one (its module fixtures built once, not
+    # once per worker), the longest first, so the containers and the other trainings run beside the
+    # demo's.
     workers = min(os.cpu_count() or 1, 4)
-    spread = [] if workers < 2 else ["-n", str(workers)] if fast else [
-        "-n", str(workers), "--dist", "loadscope", "--no-loadscope-reorder"]
+    spread = [] if workers < 2 else ["-n", str(workers), "--dist", "loadscope", "--no-loadscope-reorder"]
     tier = ["-m", "not slow and not containers"] if fast else []
     env = {**os.environ, "PIPELINE_VENV": str(s.venv)}
     if not fast:  # the whole suite: what it installs or builds must be there (tests/helpers.py require())
