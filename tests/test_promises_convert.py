@@ -14,6 +14,7 @@ import cv2
 import pytest
 
 from tests.helpers import CONVERT_PY, ROOT, copy_dataset, needs_convert_env, stage_env
+from tests.test_faults import tree
 from services.common import decode
 
 pytestmark = needs_convert_env
@@ -40,12 +41,6 @@ def replace_file(path: Path, data: bytes) -> None:
     into the shared demo run's)."""
     path.unlink()
     path.write_bytes(data)
-
-
-def tree(root: Path) -> dict:
-    """Every file under root with its size and mtime: the 'before' of a before-and-after."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in root.rglob("*") if p.is_file()}
 
 
 def rebuilt(root: Path, before: dict, *args) -> dict:
