@@ -14,7 +14,7 @@ import cv2
 import pytest
 
 from tests.helpers import CONVERT_PY, ROOT, copy_dataset, needs_convert_env, stage_env
-from tests.test_faults import tree
+from tests.test_faults import aside, temps, tree
 from services.common import decode
 
 pytestmark = needs_convert_env
@@ -82,8 +82,7 @@ def test_force_rebuilds_with_the_toolkits_output_in_its_log_and_replaces_its_own
     log = art / "rknn" / "toolkit.log"
     assert log.is_file() and log.stat().st_size > 0 and "toolkit.log" in forced.stdout
     assert (root / MODEL).stat().st_mtime_ns != before["models/demo_int8_rk3588.rknn"][1]
-    leftovers = [p for p in root.rglob("*") if ".old-" in p.name or ".tmp-" in p.name or ".replaced-" in p.name]
-    assert not leftovers, leftovers  # board/ was the stage's own: replaced, not piled up
+    assert not aside(art) and not temps(root)  # board/ was the stage's own: replaced, not piled up
     bundle = json.loads((art / "board" / "bundle.json").read_text())
     written = {str(p.relative_to(art / "board")) for p in (art / "board").rglob("*") if p.is_file()}
     assert set(bundle["files"]) == written - {"bundle.json"} and "runtime/yolo_core.py" in written
