@@ -81,14 +81,15 @@ def main(argv=None) -> int:
                    help="proxy: the folder holding anno_train.mat and anno_val.mat")
     p.add_argument("--train-images", type=int, default=300, help="proxy: train frames drawn")
     p.add_argument("--record", help="also write the table as JSON here (the sweep's PLAN reads such records)")
-    p.add_argument("--cpu", action="store_true", help="smoke test on the CPU: 2 short epochs, small, a one-cell grid")
+    p.add_argument("--cpu", action="store_true", help="smoke test on the CPU: one short epoch, small, no plots, "
+                                                      "a one-cell grid")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one grid cell, JSON in, JSON out
     a = p.parse_args(argv)
     if a.one:
         print("RESULT " + json.dumps(one_run(json.loads(a.one))), flush=True)
         return 0
     if a.cpu:
-        a.epochs, a.imgsz, a.batches, a.caches, a.amps, a.workers = 2, 128, "8", "none", "0", 0
+        a.epochs, a.imgsz, a.batches, a.caches, a.amps, a.workers = 1, 128, "8", "none", "0", 0
     device = "cpu" if a.cpu else "0"
     if not a.cpu:
         import torch
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
     fraction = 0.25 if a.cpu else 1.0
     common = {"epochs": a.epochs, "imgsz": a.imgsz, "optimizer": t["optimizer"], "lr0": t["lr0"],
               "warmup_epochs": 0, "seed": t["seed"], "deterministic": t["deterministic"], "device": device,
-              "fraction": fraction, "patience": 10**9, "val": True}
+              "fraction": fraction, "patience": 10**9, "val": True, "plots": not a.cpu}
     rows = []
     where = "CPU (smoke test)" if a.cpu else torch_device_name()
 
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     extra = {"fraction": fraction, "cache": False if cache == "none" else cache}
     overrides = [f"train.epochs={a.epochs}", f"train.imgsz={a.imgsz}", f"train.batch={batch}", f"train.amp={amp}",
                  f"train.device={device}", f"train.workers={a.workers}", f"train.extra={json.dumps(extra)}",
-                 "train.warmup_epochs=0", "train.patience=0"]
+                 "train.warmup_epochs=0", "train.patience=0", f"train.plots={not a.cpu}"]
     stage = subprocess.run([sys.executable, "-m", "services.fit", "--config", f"configs/{a.exp}.yaml", "--fresh",
                             *data_args, *overrides], cwd=ROOT, env=env, capture_output=True, text=True)
     if stage.returncode:

@@ -208,12 +208,12 @@ def demo_sweep(demo_snapshot, tmp_path_factory):
     # Fine-tuned gently: the demo's own lr0 (0.005, AdamW, no warmup) would unlearn much of it in 2 epochs.
     # Half the train images per epoch, 20 of the 100 calibration images (a list of its own, beside the
     # dataset, which stays the demo's: copies of the dataset carry it) and one analysis image: what is
-    # checked is the sweep, not the numbers.
+    # checked is the sweep, not the numbers; nor are the plots.
     calib = (root / "datasets/demo/yolo/calib.txt").read_text().splitlines()[:20]
     (root / "datasets/demo/calib-20.txt").write_text("".join(line + "\n" for line in calib))
     args = (f"ARGS=train.model={demo_snapshot / 'artifacts/demo/weights/best.pt'} train.epochs=2 train.lr0=0.0005 "
             f"train.extra={{scale: 0.3, close_mosaic: 4, fraction: 0.5}} convert.calibration=datasets/demo/calib-20.txt "
-            f"convert.analysis_images=1")
+            f"convert.analysis_images=1 train.plots=false")
     env = {**stage_env(root), "PIPELINE_ROOT": str(root)}
     cmd = ["make", "--no-print-directory", f"VENV={pipeline_venv()}", "sweep", "SWEEP=demo-sweep", args]
     out = root / "first-run.log"

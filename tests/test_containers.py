@@ -25,7 +25,7 @@ UID = GID = 4242  # not root: CI runs as root, and files owned by root would pro
 # Short but complete: real training in the train container, INT8 conversion in the convert one, at a
 # quarter of the demo's pixels (what is checked is the containers, not what 2 epochs learn).
 CHAIN_ARGS = ("train.epochs=2 train.imgsz=128 export.imgsz=128 evaluate.imgsz=128 dataset.calib_images=20 "
-              "convert.analysis_images=1")
+              "convert.analysis_images=1 train.plots=false")
 FORMATS = ("pt", "onnx", "onnx-rknn-head", "rknn")
 MISS_RATE_SETUPS = {"Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All"}
 

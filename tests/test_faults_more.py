@@ -23,7 +23,7 @@ from tests.helpers import (CONVERT_PY, ROOT, copy_dataset, demo_root, one_error,
 from tests.test_faults import aside, copy_run, outputs, temps, tree
 
 DEMO = str(ROOT / "configs" / "demo.yaml")
-TINY = ["train.epochs=1", "train.imgsz=64"]  # a training of seconds: what is tested is around it
+TINY = ["train.epochs=1", "train.imgsz=64", "train.plots=false"]  # a training of seconds: what is tested is around it
 BUSY = (r"(\w+): error: artifacts/demo is in use by another run \((\w+), pid (\d+) on (\S+), since \S+Z\); wait for "
         r"it to finish and run again, or stop it \(`kill \3` on \4\)")
 

@@ -17,7 +17,7 @@ TRIALS = [f"{VARIANT}-s0", f"{VARIANT}-s1"]
 # smaller still than the file's CPU scale: what is checked here is the study's path, not its numbers
 SMALL = [f"dataset.proxy_annotations={SHARED_CITYPERSONS}", "dataset.proxy_train_images=8",
          "dataset.proxy_val_images=4", "dataset.calib_images=4", "train.epochs=1",
-         "convert.analysis_images=1"]
+         "convert.analysis_images=1", "train.plots=false"]
 
 
 @pytest.mark.slow

@@ -140,9 +140,10 @@ def dashboard_text(chromium: str, url: str, profile: Path, budget_ms: int) -> st
 # ------------------------------------------------------------------------------ their own runs
 # What these tests check (seeds, resuming, moving aside, retrying) does not need the demo's accuracy:
 # a smaller input and a third of the images make each epoch a few seconds, not twenty. train.extra is
-# replaced whole by an override, so the demo's own extra settings are read, not copied.
+# replaced whole by an override, so the demo's own extra settings are read, not copied. No plots: their
+# seconds per run buy nothing here (the demo run's are checked above).
 _DEMO_EXTRA = yaml.safe_load(Path(DEMO).read_text())["train"]["extra"]
-SMALL = ("train.imgsz=128", "train.extra=" + json.dumps({**_DEMO_EXTRA, "fraction": 0.33}))
+SMALL = ("train.imgsz=128", "train.extra=" + json.dumps({**_DEMO_EXTRA, "fraction": 0.33}), "train.plots=false")
 
 
 def short(root: Path, *extra, epochs=2, env=None):
@@ -158,6 +159,8 @@ def test_same_seed_gives_identical_metrics_without_touching_the_network(demo_dat
         proc = short(root, env=guard.env())
         assert proc.returncode == 0, proc.stderr[-2000:]
         curves.append([{k: v for k, v in row.items() if k != "time"} for row in results(root)])
+        drawn = {p.name for p in (root / "runs/demo/train").iterdir() if p.suffix in (".png", ".jpg")}
+        assert not drawn, drawn  # train.plots=false: results.csv and the events, no figure
     assert len(curves[0]) == 2 and curves[0] == curves[1]
     assert len([p for p in guard.processes() if " -m services.fit " in p]) >= 2  # the guard ran in both trainings
     guard.assert_no_network("fit")
@@ -208,6 +211,15 @@ def test_killed_training_resumes_without_duplicate_epochs(demo_dataset, tmp_path
 
     again = short(root, epochs=3)
     assert again.returncode == 0 and "finished and up to date" in again.stdout
+    # a run recorded before train.plots existed (its stage.json without the key) was drawn, as every run
+    # then was: up to date for plots on, another setting for plots off (the same seed trains otherwise)
+    state_file = root / "runs/demo/train/stage.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "train": {k: v for k, v in state["train"].items() if k != "plots"}}))
+    drawn = short(root, "train.plots=true", epochs=3)
+    assert drawn.returncode == 0 and "finished and up to date" in drawn.stdout, drawn.stdout[-2000:] + drawn.stderr
+    line = one_error(short(root, epochs=3), "fit")
+    assert "is a finished run with other settings: train.plots (True -> False)" in line, line
 
     fresh = run_module("fit", ["--config", DEMO, "train.epochs=1", *SMALL, "--fresh"], root)
     assert fresh.returncode == 0 and "moved the previous run aside" in fresh.stdout
@@ -294,7 +306,8 @@ def test_best_pt_is_written_before_last_pt(demo_dataset, tmp_path):
         assert not [p.name for p in Path(last).parent.iterdir() if ".tmp-" in p.name]
         saved.append(trainer.epoch)
 
-    cfg = config.load(DEMO, ["train.epochs=1", "train.imgsz=64", "train.batch=4", "train.extra={fraction: 0.05}"])
+    cfg = config.load(DEMO, ["train.epochs=1", "train.imgsz=64", "train.batch=4", "train.extra={fraction: 0.05}",
+                                "train.plots=false"])
     m = fit.run(cfg, root=root, callbacks=[("on_model_save", on_model_save)])
     assert saved == [0] and m["epochs_completed"] == 1  # one epoch, saved once
     weights = root / "runs" / "demo" / "train" / "weights"

@@ -154,8 +154,8 @@ def _check_together(cfg: dict) -> None:
 EXPORT_MIN_OPSET = 9
 # The ultralytics arguments the fit stage sets itself, from the train section or on its own.
 FIT_SETS = {"epochs", "patience", "batch", "imgsz", "optimizer", "lr0", "warmup_epochs", "amp", "seed",
-            "deterministic", "device", "workers"}
-FIT_OWNS = {"data", "project", "name", "exist_ok", "val", "plots"}
+            "deterministic", "device", "workers", "plots"}
+FIT_OWNS = {"data", "project", "name", "exist_ok", "val"}
 DEVICE_RE = re.compile(r"^(cpu|\d+(,\d+)*)$")
 
 

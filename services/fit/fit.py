@@ -18,6 +18,9 @@ from services.common import files, manifest, paths, space
 from services.common.log import UserError, info, read_json_object, reading, table, warn
 
 STAGE = "fit"
+# Train keys added since runs were first recorded, with the value every earlier run had: a run recorded
+# before the key existed is compared as what it was (the stage always drew ultralytics' plots).
+RECORDED_BEFORE = {"plots": True}
 
 
 # ---------------------------------------------------------------------------------------- inputs
@@ -123,7 +126,7 @@ def ultralytics_args(t: dict, data_yaml: Path, run_dir: Path, device: str) -> di
             "optimizer": t["optimizer"], "lr0": t["lr0"], "warmup_epochs": t["warmup_epochs"],
             "amp": t["amp"], "seed": t["seed"], "deterministic": t["deterministic"], "device": device,
             "workers": t["workers"], "project": str(run_dir.parent), "name": run_dir.name,
-            "exist_ok": True, "val": True, "plots": True}
+            "exist_ok": True, "val": True, "plots": t["plots"]}
     clash = sorted(set(t["extra"]) & set(args))
     if clash:
         raise UserError(f"train.extra sets {', '.join(clash)}, which the train section already has; "
@@ -141,6 +144,7 @@ def ultralytics_args(t: dict, data_yaml: Path, run_dir: Path, device: str) -> di
 
 # ---------------------------------------------------------------------------------------- resume
 def diff_keys(old: dict, new: dict) -> list[str]:
+    old = {**RECORDED_BEFORE, **old}
     return [f"train.{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k)]
 
@@ -236,7 +240,7 @@ def run(cfg: dict, root: Path = paths.ROOT, fresh: bool = False, callbacks=()) -
     resume = False
     if run_dir.exists() and fresh:
         info(STAGE, f"FRESH: moved the previous run aside to {paths.rel(files.move_aside(run_dir), root)}")
-    elif state and (state["train"] != t or state["dataset_sha256"] != data_sum):
+    elif state and (diff_keys(state["train"], t) or state["dataset_sha256"] != data_sum):
         changed = diff_keys(state["train"], t) + (["the dataset"] if state["dataset_sha256"] != data_sum else [])
         if state["status"] != "finished":
             raise UserError(f"refusing to resume {paths.rel(run_dir, root)}: changed since it started: "
