@@ -20,12 +20,18 @@ from tests.helpers import (CONVERT_PY, PhaseTimer, ROOT, SHARED_CITYPERSONS, SWE
 # that read the demo training's root or rerun stages in it (demo-training), so that none of them runs
 # beside one that changes it; the demo sweep and the tests that read it (demo-sweep), which starts
 # from demo_run's untouched snapshot; every other file whole (its module fixtures then run once). The
-# groups are handed out in this order, the longest first, so that the containers, the sweep and the
-# other trainings run beside the demo training instead of after it, and the longest files of the quick
-# tier (`make test-fast`) start first rather than last.
+# groups are handed out in this order, the longest first (as measured), so that the containers, the
+# sweep and the other trainings run beside the demo training instead of after it, the longest files of
+# the quick tier (`make test-fast`) start first rather than last, and the last to start are short: a
+# long one last leaves the other core idle while it ends. Files not named here come after, in any order.
 FIRST = ("demo-training", "test_containers.py", "test_yolo26.py", "demo-sweep", "test_proxy_study.py",
-         "test_train.py", "test_sweep.py", "test_gpu_benchmarks.py", "test_faults_more.py", "test_dataset_real.py",
-         "test_promises_report.py", "test_dataset_bad_input.py", "test_coco_person.py")
+         "test_train.py", "test_promises_convert.py", "test_promises_sweep.py", "test_sweep.py",
+         "test_gpu_benchmarks.py", "test_faults_more.py", "test_dataset_real.py", "test_promises_report.py",
+         "test_dataset_bad_input.py", "test_coco_person.py", "test_faults.py", "test_promises_predict.py",
+         "test_predict.py", "test_promises_moved_aside.py", "test_dataset_demo.py", "test_download.py",
+         "test_report.py", "test_report_board.py", "test_promises_faults.py", "test_board_runtime.py",
+         "test_evaluate.py", "test_run.py", "test_proxy.py", "test_make.py", "test_docs.py", "test_sweep_plan.py",
+         "test_promises_docs.py", "test_convert.py", "test_promises_board.py")
 
 
 def pytest_configure(config):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests import engine
-from tests.helpers import ROOT, needs, needs_make_venv, one_error
+from tests.helpers import ROOT, demo_root, needs, needs_make_venv, one_error
 from services.run import runner
 from services.run.runner import RunError, Settings
 
@@ -153,8 +153,9 @@ def test_a_failed_stage_in_the_chain_is_named_with_its_last_log_lines(tmp_path, 
 
 
 @needs_make_venv
-def test_a_project_path_with_spaces_works(tmp_path):
-    """Make users on WSL and macOS have them: the demo dataset stage runs from such a folder."""
+def test_a_project_path_with_spaces_works(tmp_path, demo_raw):
+    """Make users on WSL and macOS have them: the demo dataset stage runs from such a folder (on the
+    session's demo download, copied in: its generation is the same writing as the conversion's)."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True).stdout.split("\n")
     project = tmp_path / "my projects" / "city persons"
@@ -162,6 +163,7 @@ def test_a_project_path_with_spaces_works(tmp_path):
         if (ROOT / f).is_file():
             (project / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, project / f)
+    demo_root(project, demo_raw)
     env = {k: v for k, v in os.environ.items() if k != "PIPELINE_ROOT"}
     proc = subprocess.run(["make", "--no-print-directory", "dataset", "EXP=demo", "RUNNER=local",
                            f"VENV={Path(sys.prefix).parent}"], cwd=project, env=env, capture_output=True,
