@@ -23,7 +23,8 @@ from tests.helpers import (CONVERT_PY, ROOT, copy_dataset, demo_root, one_error,
 from tests.test_faults import aside, copy_run, outputs, temps, tree
 
 DEMO = str(ROOT / "configs" / "demo.yaml")
-TINY = ["train.epochs=1", "train.imgsz=64", "train.plots=false"]  # a training of seconds: what is tested is around it
+# a training of seconds (one epoch of a quarter of the train images): what is tested is around it
+TINY = ["train.epochs=1", "train.imgsz=64", "train.plots=false", "train.extra={fraction: 0.25}"]
 BUSY = (r"(\w+): error: artifacts/demo is in use by another run \((\w+), pid (\d+) on (\S+), since \S+Z\); wait for "
         r"it to finish and run again, or stop it \(`kill \3` on \4\)")
 
@@ -156,9 +157,11 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(two_fits, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert holder["pid"] == proc.pid and holder["stage"] == "export" and lock.is_file()  # left behind
-    rerun = run_module("export", ["--config", DEMO, *TINY], root)
+    # the next run of the experiment, whichever stage: here its up-to-date training, so what it does is the take-over
+    rerun = run_module("fit", ["--config", DEMO, *TINY], root)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"took over artifacts/demo/.lock from a run that is gone (export, pid {proc.pid} on " in rerun.stdout
+    assert "fit: runs/demo/train is finished and up to date" in rerun.stdout
     assert not locks(root) and not temps(root) and not aside(root)
 
 

@@ -547,6 +547,10 @@ def target_test(s: Settings, fast: bool = False) -> int:
     spread = [] if workers < 2 else ["-n", str(workers), "--dist", "loadscope", "--no-loadscope-reorder"]
     tier = ["-m", "not slow and not containers"] if fast else []
     env = {**os.environ, "PIPELINE_VENV": str(s.venv)}
+    # The suite starts some 200 to 600 stage processes: with PYTHONDONTWRITEBYTECODE set (as on CI's
+    # machines) each compiles the project's modules anew, and each pytest worker rewrites every test
+    # module. Cached bytecode (__pycache__, ignored by git) is Python's default and changes no result.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     if not fast:  # the whole suite: what it installs or builds must be there (tests/helpers.py require())
         env["CI"] = "1"
     # -rs: the reasons of the skips left (a GPU, ../shared, mounting), listed at the end
