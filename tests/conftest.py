@@ -47,7 +47,9 @@ def pytest_collection_modifyitems(items):
     groups = {}
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
-        if names & {"demo_run", "demo_snapshot", "demo_sweep", "demo_dataset"}:
+        # two_fits: test_faults_more's own training (two `make fit` at once), which the quick tier's
+        # promise (no training) leaves to `make test` as it does the demo's
+        if names & {"demo_run", "demo_snapshot", "demo_sweep", "demo_dataset", "two_fits"}:
             item.add_marker(pytest.mark.slow)
         groups[item.nodeid] = ("demo-sweep" if "demo_sweep" in names else "demo-training" if "demo_run" in names
                                else item.path.name)

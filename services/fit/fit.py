@@ -231,10 +231,17 @@ def run(cfg: dict, root: Path = paths.ROOT, fresh: bool = False, callbacks=()) -
     run_dir = paths.runs_dir(exp, root) / "train"
     art = paths.artifacts_dir(exp, root)
     data_sum = dataset_checksum(yolo, name)
-    model_src, args = model_and_args(t, yolo, name, run_dir, root)
-
     state_file, last = run_dir / "stage.json", run_dir / "weights" / "last.pt"
     state = read_state(state_file) if not fresh else None
+    # Before the checks below, which import torch and ultralytics (2 s): a rerun of a finished chain
+    # passes this stage in a moment. Its settings are the ones that were checked when it trained.
+    if (state and state["status"] == "finished" and not diff_keys(state["train"], t)
+            and state["dataset_sha256"] == data_sum and (art / "train" / "manifest.json").is_file()):
+        if copy_weights(run_dir, art / "weights"):
+            info(STAGE, f"{paths.rel(art / 'weights', root)} did not match the run's weights; copied them again")
+        info(STAGE, f"{paths.rel(run_dir, root)} is finished and up to date; FRESH=1 trains anew")
+        return files.read_json(art / "train" / "manifest.json")
+    model_src, args = model_and_args(t, yolo, name, run_dir, root)
     if not (state and state["status"] == "finished"):  # a finished run is skipped, or refused, with no writing
         space.require(STAGE, space.fit_need(cfg, root))
     resume = False
@@ -249,11 +256,6 @@ def run(cfg: dict, root: Path = paths.ROOT, fresh: bool = False, callbacks=()) -
         raise UserError(f"{paths.rel(run_dir, root)} is a finished run with other settings: {', '.join(changed)}; "
                         f"FRESH=1 trains anew with these (the finished run is moved aside, never deleted), "
                         f"or undo the change to keep it")
-    elif state and state["status"] == "finished" and (art / "train" / "manifest.json").is_file():
-        if copy_weights(run_dir, art / "weights"):
-            info(STAGE, f"{paths.rel(art / 'weights', root)} did not match the run's weights; copied them again")
-        info(STAGE, f"{paths.rel(run_dir, root)} is finished and up to date; FRESH=1 trains anew")
-        return files.read_json(art / "train" / "manifest.json")
     elif state and last.is_file() and checkpoint_epoch(last) is None:
         info(STAGE, f"{paths.rel(last, root)} cannot be read (the run was killed while it was written); moved "
                     f"the run aside to {paths.rel(files.move_aside(run_dir), root)} and training anew")

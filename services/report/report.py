@@ -23,7 +23,7 @@ from pathlib import Path
 from services.common import files, paths
 from services.common.log import info, table
 
-from . import figures, page, tables
+from . import page, tables
 from .runs import STAGE, Run, check_inputs, check_settings, evaluated_sets, experiment_run, metrics_files, \
     read_board_reports, read_curves, sweep_runs
 
@@ -55,6 +55,9 @@ def build(name: str, kind: str, runs: list[Run], variants: dict, notes: list[str
     final = paths.artifacts_dir(name, root) / "report"
     old = files.read_json(final / "report.json") or {}
     with files.build_dir(final, same_inputs=old.get("fingerprint") == fingerprint) as b:
+        # here, not at the top: matplotlib takes half a second to import, which a report refused by
+        # the checks above (one line, at once) does not need
+        from . import figures
         fig_dir = b.path / "figures"
         fig_dir.mkdir()
         drawn, skipped = figures.draw_all(fig_dir, runs, variants, sets, rows, steps, root, examples, score)
