@@ -82,7 +82,7 @@ setup: ## build .venv/train and .venv/convert from the lock files
 test: ## build what the tests need, then run the whole suite (the demo chain, and the chain in containers)
 	@$(RUN) $@
 
-test-fast: ## the tests that need no training and no container (about 3 minutes)
+test-fast: ## the tests that need no training and no container (about 2 minutes)
 	@$(RUN) $@
 
 test-deps:
