@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
-from conftest import make_real_root  # noqa: E402  (the tests' own fixture builder)
+sys.path.insert(0, str(ROOT))  # run as a script from the checkout (the project is not installed)
+from tests.helpers import make_real_root  # noqa: E402  (the tests' own builder of a real-scale root)
 
 BAR_SECONDS, BAR_BYTES = 5.0, 0
 

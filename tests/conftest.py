@@ -120,27 +120,25 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def make_demo_once() -> tuple[Path, subprocess.CompletedProcess]:
-    """`make demo` once per session for every pytest-xdist worker: the first to ask runs it, under a
-    lock the others wait on, and records its outcome; beside its root, a copy of it (demo-snapshot/)
-    that no test changes."""
+    """`make demo` once per session for every pytest-xdist worker (once_across_workers), its outcome
+    recorded, a failure too: every worker then fails on the same output instead of running the
+    chain again. Beside its root, a copy of it (snapshot/) that no test changes."""
     require(TRAIN_VENV_INSTALLED, f"{Path(sys.prefix) / '.installed'}: the demo chain runs in the .venv/train "
                                   f"that `make test` builds")
-    shared = Path(os.environ["PIPELINE_TEST_SHARED"])
-    root, record = shared / "make-demo", shared / "make-demo.json"
-    with open(shared / "make-demo.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this worker dies
-        if not record.is_file():
-            root.mkdir()
-            proc = make("demo", root=root, timeout=3600)
-            if proc.returncode == 0:
-                for d in ("datasets", "artifacts", "runs"):
-                    shutil.copytree(root / d, shared / "demo-snapshot" / d, symlinks=True)
-            files.atomic_write_json(record, {"returncode": proc.returncode, "stdout": proc.stdout,
-                                             "stderr": proc.stderr})
-    r = json.loads(record.read_text())
+
+    def build(folder: Path) -> None:
+        (folder / "root").mkdir()
+        proc = make("demo", root=folder / "root", timeout=3600)
+        if proc.returncode == 0:
+            for d in ("datasets", "artifacts", "runs"):
+                shutil.copytree(folder / "root" / d, folder / "snapshot" / d, symlinks=True)
+        files.atomic_write_json(folder / "outcome.json", {"returncode": proc.returncode, "stdout": proc.stdout,
+                                                          "stderr": proc.stderr})
+    folder = once_across_workers("make-demo", build)
+    r = json.loads((folder / "outcome.json").read_text())
     proc = subprocess.CompletedProcess(["make", "demo"], r["returncode"], r["stdout"], r["stderr"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return root, proc
+    return folder / "root", proc
 
 
 @pytest.fixture(scope="session")
@@ -156,7 +154,7 @@ def demo_snapshot() -> Path:
     """A copy of the `make demo` root that no test changes: tests that copy the demo's dataset,
     artifacts or weights into a root of their own take them from here, in any group on any worker."""
     root, _ = make_demo_once()
-    return root.parent / "demo-snapshot"
+    return root.parent / "snapshot"
 
 
 def once_across_workers(name: str, build) -> Path:

@@ -65,7 +65,7 @@ def test_the_doctor_says_in_one_line_each_whether_the_data_is_there(tmp_path, pr
         (coco / "annotations").mkdir()
         (coco / "annotations" / "instances_val2017.json").write_text("{}")
     proc = make("doctor", "EXP=citypersons", root=tmp_path, env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
-    data = [x for x in proc.stdout.splitlines() if x[6:].startswith(("datasets ", "coco person "))]
+    data = [x for x in proc.stdout.splitlines() if x.split(" ", 1)[-1].lstrip().startswith(("datasets ", "coco person "))]
     assert len(data) == 2, proc.stdout
     if present:
         assert data == [line("ok", "datasets", "datasets/citypersons/raw/ has the Cityscapes images and both "

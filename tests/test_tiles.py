@@ -261,3 +261,18 @@ def test_decode_stays_numpy_and_opencv_only():
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert imported <= {"math", "cv2", "numpy"} | set(sys.stdlib_module_names) - {"services"}, imported
+
+
+def test_the_convert_disk_estimate_counts_the_tiled_calibration_copies(tmp_path):
+    """With evaluate.tiles the quantizer is calibrated on tiles, cached in a folder of their own: the
+    untiled cache of an earlier build does not spare that space in the estimate the convert stage
+    checks before any work."""
+    from services.common import config, space
+    from services.common.layout import Experiment
+    cfg = config.load(ROOT / "configs" / "demo.yaml", ["evaluate.tiles=3"])
+    exp, h = Experiment.of(cfg, tmp_path), cfg["train"]["imgsz"]
+    exp.calibration_copies((h, h)).mkdir(parents=True)
+    _, untiled_only, _ = space.convert_need(cfg, tmp_path)
+    exp.calibration_copies((h, h), 3, cfg["evaluate"]["tile_overlap"]).mkdir(parents=True)
+    _, both, _ = space.convert_need(cfg, tmp_path)
+    assert untiled_only - both == cfg["dataset"]["calib_images"] * h * h * 3 // 2

@@ -210,7 +210,8 @@ def convert_need(cfg: dict, root: Path) -> tuple[Path, int, str]:
     if built.is_file():  # most likely up to date; a rebuild replaces it (and meets a full disk in our words)
         return art, built.stat().st_size + MB, "the RKNN model, replaced"
     if c["dtype"] == "int8":
-        if not exp.calibration_copies((h, w)).is_dir():
+        e = cfg["evaluate"]  # the NPU sees tiles when the model is evaluated on tiles: so does the quantizer
+        if not exp.calibration_copies((h, w), e["tiles"], e["tile_overlap"]).is_dir():
             size += cfg["dataset"]["calib_images"] * h * w * 3 // 2
         size += int(c["analysis_images"] * 300 * MB * h * w / (640 * 640))
     return art, size + MB, "the RKNN model, calibration images and the quantization analysis"
