@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from services.common import files, manifest, paths, space
+from services.common.layout import Experiment
 from services.common.log import UserError, info, read_json_object, reading, table, warn
 
 STAGE = "fit"
@@ -226,30 +227,29 @@ def trim_results(csv_path: Path, epochs_done: int) -> None:
 # ---------------------------------------------------------------------------------------- stage
 def run(cfg: dict, root: Path = paths.ROOT, fresh: bool = False, callbacks=()) -> dict:
     """Train (or resume, or skip when already done). Returns the train manifest."""
-    t, exp, name = cfg["train"], cfg["experiment"], cfg["dataset"]["name"]
-    yolo = paths.yolo_dir(name, root)
-    run_dir = paths.runs_dir(exp, root) / "train"
-    art = paths.artifacts_dir(exp, root)
+    t, name, exp = cfg["train"], cfg["dataset"]["name"], Experiment.of(cfg, root)
+    yolo, run_dir = paths.yolo_dir(name, root), exp.run_dir
     data_sum = dataset_checksum(yolo, name)
     state_file, last = run_dir / "stage.json", run_dir / "weights" / "last.pt"
     state = read_state(state_file) if not fresh else None
+    finished = bool(state) and state["status"] == "finished"
+    changed = diff_keys(state["train"], t) + (["the dataset"] if state["dataset_sha256"] != data_sum else []) \
+        if state else []
     # Before the checks below, which import torch and ultralytics (2 s): a rerun of a finished chain
     # passes this stage in a moment. Its settings are the ones that were checked when it trained.
-    if (state and state["status"] == "finished" and not diff_keys(state["train"], t)
-            and state["dataset_sha256"] == data_sum and (art / "train" / "manifest.json").is_file()):
-        if copy_weights(run_dir, art / "weights"):
-            info(STAGE, f"{paths.rel(art / 'weights', root)} did not match the run's weights; copied them again")
+    if finished and not changed and exp.train_manifest.is_file():
+        if copy_weights(run_dir, exp.weights):
+            info(STAGE, f"{paths.rel(exp.weights, root)} did not match the run's weights; copied them again")
         info(STAGE, f"{paths.rel(run_dir, root)} is finished and up to date; FRESH=1 trains anew")
-        return files.read_json(art / "train" / "manifest.json")
+        return files.read_json(exp.train_manifest)
     model_src, args = model_and_args(t, yolo, name, run_dir, root)
-    if not (state and state["status"] == "finished"):  # a finished run is skipped, or refused, with no writing
+    if not finished:  # a finished run is skipped, or refused, with no writing
         space.require(STAGE, space.fit_need(cfg, root))
     resume = False
     if run_dir.exists() and fresh:
         info(STAGE, f"FRESH: moved the previous run aside to {paths.rel(files.move_aside(run_dir), root)}")
-    elif state and (diff_keys(state["train"], t) or state["dataset_sha256"] != data_sum):
-        changed = diff_keys(state["train"], t) + (["the dataset"] if state["dataset_sha256"] != data_sum else [])
-        if state["status"] != "finished":
+    elif changed:
+        if not finished:
             raise UserError(f"refusing to resume {paths.rel(run_dir, root)}: changed since it started: "
                             f"{', '.join(changed)}; FRESH=1 starts anew (the old run is moved aside)")
         # Hours of GPU time are not thrown away (nor a thesis run replaced) without being asked.
@@ -278,7 +278,7 @@ def run(cfg: dict, root: Path = paths.ROOT, fresh: bool = False, callbacks=()) -
 
     state["status"] = "finished"
     files.atomic_write_json(state_file, state)
-    return _finish(cfg, trainer, args, run_dir, art, state, data_sum, started, t0, root)
+    return _finish(cfg, trainer, args, exp, state, data_sum, started, t0, root)
 
 
 def model_and_args(t: dict, yolo: Path, name: str, run_dir: Path, root: Path) -> tuple[str, dict]:
@@ -381,11 +381,11 @@ def copy_weights(run_dir: Path, weights: Path) -> list[str]:
     return written
 
 
-def _finish(cfg, trainer, args, run_dir, art, state, data_sum, started, t0, root) -> dict:
+def _finish(cfg, trainer, args, exp: Experiment, state, data_sum, started, t0, root) -> dict:
     import torch
     import ultralytics
 
-    weights = art / "weights"
+    run_dir, weights = exp.run_dir, exp.weights
     if not (run_dir / "weights" / "best.pt").is_file():  # a finished run must have a best epoch to ship
         raise UserError(f"{paths.rel(run_dir, root)} finished without a best.pt (its best epoch's checkpoint was "
                         f"lost); `make fit FRESH=1` trains anew (the run is moved aside)")
@@ -418,11 +418,11 @@ def _finish(cfg, trainer, args, run_dir, art, state, data_sum, started, t0, root
         "started": state.get("started", started), "finished": manifest.now(),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    files.atomic_write_json(art / "train" / "manifest.json", result)
+    files.atomic_write_json(exp.train_manifest, result)
     m = result["final_metrics"]
     print(table(["epochs", "best epoch", "batch used", "retries", "mAP50 (selection)", "mAP50-95", "wall s"],
                 [[len(rows), result["best_epoch"], trainer.batch_size,
                   sum(a["result"] != "finished" for a in state["attempts"]),
                   m.get("metrics/mAP50(B)", float("nan")), m.get("metrics/mAP50-95(B)", float("nan")),
-                  result["wall_s"]]], title=f"\n{paths.rel(art / 'weights' / 'best.pt', root)}"))
+                  result["wall_s"]]], title=f"\n{paths.rel(exp.best, root)}"))
     return result
