@@ -7,6 +7,7 @@ class in input pixels). So what a test sees is the geometry alone: cutting, lett
 back, joining the parts of a box a tile edge cut, and the one NMS over the frame."""
 import json
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -276,3 +277,26 @@ def test_the_convert_disk_estimate_counts_the_tiled_calibration_copies(tmp_path)
     exp.calibration_copies((h, h), 3, cfg["evaluate"]["tile_overlap"]).mkdir(parents=True)
     _, both, _ = space.convert_need(cfg, tmp_path)
     assert untiled_only - both == cfg["dataset"]["calib_images"] * h * h * 3 // 2
+
+
+def test_every_int8_build_is_calibrated_on_the_tiles_the_model_is_evaluated_on(tmp_path):
+    """The convert stage and predict's rebuild for the simulator take their calibration list from one
+    place, which reads the tiling from the config: with evaluate.tiles=3 the k-th image gives its
+    (k mod 3)-th tile, letterboxed, not the whole frame (predict once calibrated on whole frames)."""
+    from services.common import config, toolkit
+    from services.common.layout import Experiment
+    frames = []
+    for k in range(3):
+        frame = np.full((256, 512, 3), 40 * k, np.uint8)
+        frames.append(tmp_path / f"frame{k}.png")
+        cv2.imwrite(str(frames[-1]), frame)
+    for tiles in (1, 3):
+        cfg = config.load(ROOT / "configs" / "demo.yaml", [f"evaluate.tiles={tiles}"])
+        exp = Experiment.of(cfg, tmp_path)
+        listing = toolkit.calibration_listing(cfg, exp, frames, (128, 128))
+        copies = [Path(line) for line in listing.read_text().splitlines()]
+        want = exp.calibration_copies((128, 128), tiles, cfg["evaluate"]["tile_overlap"])
+        assert listing == want.with_name(f"{want.name}.txt") and len(copies) == 3
+        assert all(p.parent == want.resolve() for p in copies)
+        tiled = [(p.name.split(".")[0], p.name.split(".")[-2]) for p in copies if ".tile" in p.name]
+        assert tiled == ([] if tiles == 1 else [("frame0", "tile0"), ("frame1", "tile1"), ("frame2", "tile2")])

@@ -106,10 +106,13 @@ def letterboxed_copies(images: list[Path], size, cache: Path, tiles: int = 1, ov
     return out
 
 
-def calibration_listing(images: list, size: tuple[int, int], copies: Path, tiles: int = 1,
-                        overlap: float = 0.0) -> Path:
-    """The calibration images letterboxed to the model's input into `copies` (the layout's
-    calibration_copies: cached by size and tiling) and the list the toolkit reads, beside it."""
+def calibration_listing(cfg: dict, exp, images: list, size: tuple[int, int]) -> Path:
+    """The calibration images letterboxed to the model's input into the layout's calibration_copies
+    (cached by size and tiling) and the list the toolkit reads, beside it. The tiling is the one the
+    model is evaluated with (evaluate.tiles): the NPU sees tiles, so the quantizer must. Every build
+    (the convert stage's, predict's for the simulator) calls this, so none can calibrate otherwise."""
+    tiles, overlap = cfg["evaluate"]["tiles"], cfg["evaluate"]["tile_overlap"]
+    copies = exp.calibration_copies(size, tiles, overlap)
     calib = letterboxed_copies(images, size, copies, tiles, overlap)
     listing = copies.with_name(f"{copies.name}.txt")
     files.atomic_write_text(listing, "".join(f"{p.resolve()}\n" for p in calib))

@@ -133,8 +133,7 @@ def build_and_measure(cfg: dict, exp: Experiment, kit: toolkit.Toolkit, size, la
     quantization report, the simulator's evaluation and its raw outputs for the board's tests."""
     c, seconds, root = cfg["convert"], {}, exp.root
     t = time.perf_counter()
-    tiles, overlap = cfg["evaluate"]["tiles"], cfg["evaluate"]["tile_overlap"]
-    listing = toolkit.calibration_listing(images, size, exp.calibration_copies(size, tiles, overlap), tiles, overlap)
+    listing = toolkit.calibration_listing(cfg, exp, images, size)
     seconds["calibration_prep"] = round(time.perf_counter() - t, 2)
     rknn = kit.new()
     try:

@@ -121,7 +121,7 @@ class RknnModel:
     def build(self, log: Path):
         """The convert stage's build sequence, then the simulator: returns the evaluator's backend."""
         self.kit = self.toolkit.Toolkit(log)
-        listing = self.toolkit.calibration_listing(self.images, self.size, self.exp.calibration_copies(self.size))
+        listing = self.toolkit.calibration_listing(self.cfg, self.exp, self.images, self.size)
         self.rknn = self.kit.new()
         self.kit.build(self.rknn, self.cfg["convert"], self.exp.rknn_head_onnx, listing, self.exp.toolkit_work)
         return self.kit.simulator(self.rknn, self.size, self.layout)
